@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make run` (set up + end-to-end demo) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.sparkeras-installed
+
+.PHONY: run test setup java bench clean
+
+run: setup
+	$(VENV)/bin/sparkeras demo
+
+test: setup
+	$(PY) -m pytest tests
+
+setup: java $(STAMP)
+
+$(STAMP): setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip check
+	touch $(STAMP)
+
+# Spark needs a Java 17 runtime; install Debian's when none is on PATH.
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "java not found: installing openjdk-17-jre-headless" >&2; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q openjdk-17-jre-headless; }
+
+bench: setup
+	$(PY) bench/score_incidents.py
+
+clean:
+	rm -rf .sparkeras

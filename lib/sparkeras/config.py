@@ -1,0 +1,290 @@
+"""Typed, validated configuration.
+
+Configuration comes from one YAML file (``conf/<env>.yml``) plus ``--set key=value``
+overrides. Every section is a dataclass; loading checks every key and type and raises one
+:class:`ConfigError` that names the key and where it came from (file or ``--set``).
+Environment differences (local vs Databricks) live in these files, never in library code.
+
+The string ``{state_dir}`` inside any string value is replaced by the absolute state folder,
+so one setting moves the warehouse, metastore, MLflow store and caches together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key and its source in the message."""
+
+
+@dataclass
+class SparkConf:
+    """How to obtain the SparkSession when none is active (local runs)."""
+    master: str = "local[*]"
+    app_name: str = "sparkeras"
+    # "hive" keeps tables in a persistent metastore; "in-memory" forgets them at exit.
+    catalog: str = "hive"
+    warehouse_dir: str = "{state_dir}/warehouse"
+    metastore_dir: str = "{state_dir}/metastore_db"
+    log_level: str = "ERROR"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TablesConf:
+    format: str = "parquet"          # parquet locally, delta on Databricks
+    database: str = "default"
+
+
+@dataclass
+class MlflowConf:
+    tracking_uri: str = "sqlite:///{state_dir}/mlflow.db"
+    registry_uri: Optional[str] = None   # None: same as tracking_uri
+    artifact_location: Optional[str] = "{state_dir}/mlartifacts"
+    experiment: str = "sparkeras-{workload}"
+
+
+@dataclass
+class RegistryConf:
+    incident_model: str = "incident_root_cause"
+    champion_alias: str = "champion"
+
+
+@dataclass
+class TensorflowConf:
+    intra_op_threads: int = 0          # 0: TensorFlow's default
+    inter_op_threads: int = 0
+    cpp_min_log_level: int = 2
+
+
+@dataclass
+class SplitConf:
+    train: float = 0.8
+    validation: float = 0.1
+    test: float = 0.1
+    seed: int = 42
+
+
+@dataclass
+class TrainConf:
+    epochs: int = 10
+    batch_size: int = 1024
+    hidden_units: list[int] = field(default_factory=lambda: [128, 128])
+    learning_rate: float = 0.001
+    patience: int = 3
+    strategy: str = "mirrored"         # mirrored | default
+    seed: int = 42
+    shuffle_buffer: int = 65536
+    cache_dir: str = "{state_dir}/cache"
+    checkpoint_dir: str = "{state_dir}/checkpoints"
+    split: SplitConf = field(default_factory=SplitConf)
+
+
+@dataclass
+class ScoreConf:
+    model_uri: Optional[str] = None    # None: models:/<model>@<champion_alias>
+    arrow_batch_rows: int = 50000
+
+
+@dataclass
+class DemoConf:
+    rows: int = 1_000_000
+    epochs: int = 3
+    table: str = "incidents"
+    scored_table: str = "incident_scores"
+
+
+@dataclass
+class Config:
+    state_dir: str = ".sparkeras"
+    spark: SparkConf = field(default_factory=SparkConf)
+    tables: TablesConf = field(default_factory=TablesConf)
+    mlflow: MlflowConf = field(default_factory=MlflowConf)
+    registry: RegistryConf = field(default_factory=RegistryConf)
+    tensorflow: TensorflowConf = field(default_factory=TensorflowConf)
+    train: TrainConf = field(default_factory=TrainConf)
+    score: ScoreConf = field(default_factory=ScoreConf)
+    demo: DemoConf = field(default_factory=DemoConf)
+
+    def experiment_name(self, workload: str) -> str:
+        return self.mlflow.experiment.replace("{workload}", workload)
+
+    def table_name(self, name: str) -> str:
+        """Qualify a bare table name with the configured database/schema."""
+        return name if "." in name else f"{self.tables.database}.{name}"
+
+
+# --------------------------------------------------------------------------- validation
+
+_CHOICES = {
+    "spark.catalog": {"hive", "in-memory"},
+    "tables.format": {"parquet", "delta"},
+    "train.strategy": {"mirrored", "default"},
+}
+_POSITIVE = {"train.epochs", "train.batch_size", "train.shuffle_buffer",
+             "score.arrow_batch_rows", "demo.rows"}
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:                      # Optional[X]
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, source)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping of settings, got {value!r}")
+        return _build(tp, value, key + ".", source)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) or v is None:
+                raise ConfigError(f"{source}: '{key}.{k}' must be a single value, got {v!r}")
+            out[str(k)] = str(v).lower() if isinstance(v, bool) else str(v)
+        return out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str, source: str, base: Any = None) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in data:
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{prefix}{k}'{hint}")
+    obj = base if base is not None else cls()
+    for name in names:
+        if name not in data:
+            continue
+        tp = hints[name]
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(tp) and isinstance(data[name], dict):
+            setattr(obj, name, _build(tp, data[name], f"{prefix}{name}.", source, current))
+        else:
+            setattr(obj, name, _coerce(data[name], tp, prefix + name, source))
+    return obj
+
+
+def _check(cfg: Config, source: str) -> None:
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{source}: '{key}' must be one of {sorted(allowed)}, got {value!r}")
+    for key in _POSITIVE:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{source}: '{key}' must be at least 1, got {_get(cfg, key)!r}")
+    s = cfg.train.split
+    fractions = (s.train, s.validation, s.test)
+    if min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-9:
+        raise ConfigError(f"{source}: 'train.split' fractions must be positive and sum to 1, "
+                          f"got train={s.train}, validation={s.validation}, test={s.test}")
+    if any(u < 1 for u in cfg.train.hidden_units) or not cfg.train.hidden_units:
+        raise ConfigError(f"{source}: 'train.hidden_units' must be a non-empty list of "
+                          f"positive integers, got {cfg.train.hidden_units!r}")
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _resolve_paths(cfg: Config) -> None:
+    state = str(Path(cfg.state_dir).expanduser().resolve())
+    cfg.state_dir = state
+
+    def subst(obj: Any) -> None:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if isinstance(v, str):
+                setattr(obj, f.name, v.replace("{state_dir}", state))
+            elif isinstance(v, dict):
+                setattr(obj, f.name, {k: s.replace("{state_dir}", state) for k, s in v.items()})
+            elif dataclasses.is_dataclass(v):
+                subst(v)
+    subst(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as a YAML scalar/list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load, override, validate and resolve a configuration.
+
+    ``path`` None means the built-in defaults, which equal ``conf/local.yml``.
+    """
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of settings")
+        cfg = _build(Config, data, "", str(path), cfg)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        cfg = _build(Config, nested, "", f"--set {text}", cfg)
+    _check(cfg, str(path) if path else "defaults")
+    _resolve_paths(cfg)
+    return cfg
+
+
+def default_config_path() -> Optional[str]:
+    """``$SPARKERAS_CONF``, else ``conf/local.yml`` when run from a checkout, else None."""
+    env = os.environ.get("SPARKERAS_CONF")
+    if env:
+        return env
+    return "conf/local.yml" if Path("conf/local.yml").is_file() else None

@@ -1,0 +1,66 @@
+"""Managed tables written batch by batch, so that re-running a batch replaces it.
+
+Every sparkeras table has a batch column as its last (partition) column. Writing a batch
+replaces exactly the named batches: parquet tables use dynamic partition overwrite (and drop
+batches that now have no rows); Delta tables use ``replaceWhere`` in one transaction.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+
+def quarantine_name(table: str) -> str:
+    return f"{table}_quarantine"
+
+
+def table_exists(spark, table: str) -> bool:
+    return spark.catalog.tableExists(table)
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def ensure_database(spark, table: str) -> None:
+    """Create the table's database when it is a two-part name (``db.table``)."""
+    parts = table.split(".")
+    if len(parts) == 2:
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{parts[0]}`")
+
+
+def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str],
+                  fmt: str) -> None:
+    """Replace batches ``batch_ids`` of ``table`` with the rows of ``df``.
+
+    ``df`` must hold only rows of those batches, with ``batch_col`` as its last column.
+    The table is created, partitioned by ``batch_col``, when it does not exist.
+    """
+    batch_ids = sorted(set(batch_ids))
+    if df.columns[-1] != batch_col:
+        raise ValueError(f"the batch column {batch_col!r} must be the last column of the data")
+    if not table_exists(spark, table):
+        ensure_database(spark, table)
+        df.write.format(fmt).partitionBy(batch_col).saveAsTable(table)
+        return
+    target_cols = spark.table(table).columns
+    if sorted(target_cols) != sorted(df.columns):
+        raise ValueError(f"table {table} has columns {target_cols}, the data has {df.columns}")
+    df = df.select(*target_cols)
+    if fmt == "delta":
+        cond = f"`{batch_col}` IN ({', '.join(_sql_literal(b) for b in batch_ids)})"
+        df.write.format("delta").mode("overwrite").option("replaceWhere", cond).saveAsTable(table)
+        return
+    written = {r[0] for r in df.select(batch_col).distinct().collect()}
+    if not written <= set(batch_ids):
+        raise ValueError(f"data holds batches {sorted(written - set(batch_ids))} not named for {table}")
+    if written:
+        (df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic")
+           .insertInto(table))
+    for b in batch_ids:
+        if b not in written:
+            spark.sql(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`{batch_col}` = {_sql_literal(b)})")
+    spark.catalog.refreshTable(table)
+
+
+def create_view(spark, view: str, select_sql: str) -> None:
+    spark.sql(f"CREATE OR REPLACE VIEW {view} AS {select_sql}")

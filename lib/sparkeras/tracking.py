@@ -1,0 +1,94 @@
+"""MLflow: experiments, the logged model, the registry and the champion gate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .config import Config
+
+
+def setup_mlflow(cfg: Config):
+    """Point MLflow at the configured tracking and registry stores; return the module."""
+    import mlflow
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_registry_uri(cfg.mlflow.registry_uri or cfg.mlflow.tracking_uri)
+    return mlflow
+
+
+def use_experiment(cfg: Config, workload: str) -> str:
+    """Create (if needed) and activate the pipeline's experiment; return its id."""
+    import mlflow
+    name = cfg.experiment_name(workload)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if cfg.mlflow.artifact_location:
+            location = Path(cfg.mlflow.artifact_location).as_uri() \
+                if "://" not in cfg.mlflow.artifact_location else cfg.mlflow.artifact_location
+        exp_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def epoch_logger():
+    """A Keras callback that logs every epoch's metrics to the active MLflow run."""
+    import keras
+    import mlflow
+
+    class _EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
+    return _EpochLogger()
+
+
+def tensor_signature(n_features: int, n_classes: int):
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features), "features")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")]))
+
+
+@dataclass
+class ChampionDecision:
+    became_champion: bool
+    reason: str
+    previous_version: Optional[str] = None
+    previous_macro_f1: Optional[float] = None
+
+
+def champion_gate(cfg: Config, model_name: str, version: str, candidate_f1: float,
+                  evaluate: Callable[[object], float]) -> ChampionDecision:
+    """Move the champion alias to ``version`` only if its test macro F1 is at least the
+    current champion's, both measured now on the same test split (``evaluate`` scores a
+    loaded model on it)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    client = MlflowClient()
+    alias = cfg.registry.champion_alias
+    try:
+        current = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        current = None
+    if current is None:
+        client.set_registered_model_alias(model_name, alias, version)
+        return ChampionDecision(True, f"no '{alias}' yet: version {version} becomes {alias}")
+    if str(current.version) == str(version):
+        return ChampionDecision(True, f"version {version} is already {alias}")
+    champion = mlflow.tensorflow.load_model(f"models:/{model_name}/{current.version}")
+    champion_f1 = float(evaluate(champion))
+    if candidate_f1 >= champion_f1:
+        client.set_registered_model_alias(model_name, alias, version)
+        return ChampionDecision(
+            True, f"test macro F1 {candidate_f1:.4f} >= {champion_f1:.4f} of {alias} "
+                  f"version {current.version} on the same test split", str(current.version),
+            champion_f1)
+    return ChampionDecision(
+        False, f"test macro F1 {candidate_f1:.4f} < {champion_f1:.4f} of {alias} version "
+               f"{current.version} on the same test split: {alias} stays at version "
+               f"{current.version}", str(current.version), champion_f1)

@@ -1,0 +1,1 @@
+"""Training: Spark-to-tf.data feed, Keras models under tf.distribute, evaluation."""

@@ -1,0 +1,82 @@
+"""Classification metrics from a confusion matrix, and the plots logged with each run."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts[true, predicted]."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    return cm
+
+
+def metrics_from_confusion(cm: np.ndarray, labels: Sequence[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1, macro F1 (a class never seen nor predicted
+    gets 0 for the undefined ratios, as scikit-learn's ``zero_division=0``)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    predicted = cm.sum(axis=0)
+    actual = cm.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(actual > 0, tp / actual, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    total = cm.sum()
+    out = {"accuracy": float(tp.sum() / total) if total else 0.0,
+           "macro_f1": float(f1.mean()), "rows": int(total)}
+    for i, label in enumerate(labels):
+        out[f"precision_{label}"] = float(precision[i])
+        out[f"recall_{label}"] = float(recall[i])
+        out[f"f1_{label}"] = float(f1[i])
+    return out
+
+
+def evaluate_model(model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                   labels: Sequence[str]) -> tuple[dict, np.ndarray]:
+    """Stream batches through ``model``; return (metrics, confusion matrix)."""
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for x, y in batches:
+        probs = np.asarray(model.predict_on_batch(x))
+        cm += confusion_matrix(y, probs.argmax(axis=1), len(labels))
+    return metrics_from_confusion(cm, labels), cm
+
+
+def plot_confusion(cm: np.ndarray, labels: Sequence[str]):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.colorbar(im, ax=ax)
+    ax.set_title("Test confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: dict[str, list[float]]):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix in ("", "val_"):
+            values = history.get(prefix + metric)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="o",
+                        label="validation" if prefix else "train")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    return fig
