@@ -114,7 +114,8 @@ def input_problems(features: Sequence[str], id_col: str):
     checks = [F.when(F.col(id_col).isNull(), F.lit(f"missing {id_col}"))]
     for c in features:
         checks.append(F.when(F.col(c).isNull(), F.lit(f"missing {c}"))
-                      .when(~F.col(c).cast("double").isin(0.0, 1.0),
+                      .when(~F.coalesce(F.expr(f"try_cast(`{c}` AS double)").isin(0.0, 1.0),
+                                        F.lit(False)),
                             F.concat(F.lit(f"{c} must be 0 or 1, got "), F.col(c).cast("string"))))
     reason = F.concat_ws("; ", *checks)
     return F.when(reason != "", reason)

@@ -99,9 +99,10 @@ def iter_batches(files: Sequence[str], features: Sequence[str], batch_size: int,
     yield from drain(final=True)
 
 
-def make_dataset(files: Sequence[str], features: Sequence[str], batch_size: int,
+def make_dataset(files: Sequence[str], features: Sequence[str], batch_size: int, rows: int,
                  shuffle_buffer: int = 0, seed: int = 0):
-    """A ``tf.data.Dataset`` of (features, label) batches; a new shuffle each epoch."""
+    """A ``tf.data.Dataset`` of (features, label) batches of ``rows`` rows in all; a new
+    shuffle each epoch."""
     import tensorflow as tf
     epoch = {"n": 0}
 
@@ -113,4 +114,6 @@ def make_dataset(files: Sequence[str], features: Sequence[str], batch_size: int,
         tf.TensorSpec((None, len(features)), tf.float32), tf.TensorSpec((None,), tf.int32)))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    batches = -(-rows // batch_size)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -134,7 +134,7 @@ def _read_csv(spark, source: str):
     )
     values = [
         F.when(F.col(f"_pos_{c}").isNotNull(),
-               _clean_field(F.element_at(fields, F.col(f"_pos_{c}")))).alias(c)
+               _clean_field(F.try_element_at(fields, F.col(f"_pos_{c}")))).alias(c)
         for c in COLUMNS
     ]
     return rows.select("raw", "source_file", parse_error.alias("_parse_error"), *values)
@@ -197,8 +197,9 @@ def validate(raw):
         return F.when(F.col(c).isNull(), F.lit(f"missing field {c}")) \
                 .when(F.col(c) == "", F.lit(f"empty field {c}"))
 
-    id_ok = F.col(ID).rlike(r"^[+-]?[0-9]{1,10}$") & \
-        (F.abs(F.col(ID).cast("long")) <= INT32_MAX)
+    # CASE WHEN guards every cast: under ANSI mode (Spark 4) a bad cast raises.
+    id_long = F.when(F.col(ID).rlike(r"^[+-]?[0-9]{1,10}$"), F.col(ID).cast("long"))
+    id_ok = F.coalesce(F.abs(id_long) <= INT32_MAX, F.lit(False))
     checks = [F.coalesce(empty(ID), F.when(~id_ok, F.concat(F.lit("ID is not an integer: "),
                                                           _quoted(F.col(ID)))))]
     for c in FEATURES:

@@ -1,0 +1,138 @@
+"""Command line: ``sparkeras [--conf FILE] [--set key=value ...] <command> ...``.
+
+Progress and logs go to stderr; stdout carries the command's product and, last, one JSON
+summary line, so ``sparkeras ... | tail -1`` is machine-readable.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from typing import Optional, Sequence
+
+from .config import ConfigError, default_config_path, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparkeras", description=__doc__.splitlines()[0])
+    p.add_argument("--conf", help="configuration YAML (default: $SPARKERAS_CONF, else "
+                                  "conf/local.yml when present, else built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set train.epochs=3 (repeatable)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write deterministic synthetic data")
+    gen_sub = gen.add_subparsers(dest="workload", required=True)
+    g = gen_sub.add_parser("incidents", help="synthetic incidents (see docs/incidents.md)")
+    g.add_argument("--rows", type=int, required=True)
+    g.add_argument("--out", required=True, help="output folder (Spark writes part files)")
+    g.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--unlabeled", action="store_true", help="omit ROOT_CAUSE")
+
+    ing = sub.add_parser("ingest", help="validate raw files into a table + quarantine")
+    ing_sub = ing.add_subparsers(dest="workload", required=True)
+    i = ing_sub.add_parser("incidents")
+    i.add_argument("--source", required=True, help="file, folder or glob")
+    i.add_argument("--table", required=True)
+    i.add_argument("--format", choices=["csv", "parquet", "json"], default="csv")
+    i.add_argument("--batch-id", help="default: derived from the source files")
+
+    tr = sub.add_parser("train", help="train, log to MLflow, register, gate the champion")
+    tr_sub = tr.add_subparsers(dest="workload", required=True)
+    t = tr_sub.add_parser("incidents")
+    t.add_argument("--table", required=True)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+
+    sc = sub.add_parser("score", help="score a table with a registered model")
+    sc_sub = sc.add_subparsers(dest="workload", required=True)
+    s = sc_sub.add_parser("incidents")
+    s.add_argument("--table", required=True)
+    s.add_argument("--output", required=True)
+    s.add_argument("--model", help="default: models:/<registry.incident_model>@champion")
+    s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
+
+    q = sub.add_parser("sql", help="run a SQL query on the warehouse")
+    q.add_argument("query")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--max-rows", type=int, default=1000)
+
+    d = sub.add_parser("demo", help="generate, ingest, train, score and query, end to end")
+    d.add_argument("--rows", type=int, help="default: demo.rows from the configuration")
+    return p
+
+
+def _overrides(args) -> list[str]:
+    extra = list(args.overrides)
+    if getattr(args, "epochs", None) is not None:
+        extra.append(f"train.epochs={args.epochs}")
+    if getattr(args, "batch_size", None) is not None:
+        extra.append(f"train.batch_size={args.batch_size}")
+    return extra
+
+
+def run(args, out) -> Optional[dict]:
+    """Execute parsed ``args``; return the JSON summary (None when the product is the output)."""
+    cfg = load_config(args.conf if args.conf else default_config_path(), _overrides(args))
+    from .session import get_spark
+    spark = get_spark(cfg)
+    cmd = args.command
+    if cmd == "generate":
+        from .workloads import incidents
+        df = incidents.generate(spark, args.rows, args.seed, labeled=not args.unlabeled)
+        writer = df.write.mode("overwrite")
+        if args.format == "csv":
+            writer.option("header", True).csv(args.out)
+        else:
+            writer.parquet(args.out)
+        return {"rows": args.rows, "out": args.out, "format": args.format, "seed": args.seed,
+                "labeled": not args.unlabeled}
+    if cmd == "ingest":
+        from .ingest import ingest_incidents
+        return ingest_incidents(spark, args.source, cfg.table_name(args.table), args.format,
+                                cfg.tables.format, args.batch_id).summary()
+    if cmd == "train":
+        from .train import train_incidents
+        return train_incidents(spark, cfg, cfg.table_name(args.table))
+    if cmd == "score":
+        from .scoring import score_incidents
+        return score_incidents(spark, cfg, cfg.table_name(args.table),
+                               cfg.table_name(args.output), args.model or cfg.score.model_uri,
+                               args.batch_id).summary()
+    if cmd == "sql":
+        from .analyst import print_query
+        print_query(spark, args.query, args.format, args.max_rows, out)
+        return None
+    if cmd == "demo":
+        from .demo import run_demo
+        return run_demo(spark, cfg, args.rows or cfg.demo.rows, out)
+    raise AssertionError(cmd)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = sys.stdout
+    try:
+        # Libraries print progress bars and notices on stdout: keep stdout for our product.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = run(args, out)
+    except ConfigError as exc:
+        print(f"sparkeras: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sparkeras: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # Spark analysis errors (missing table, bad SQL) are user errors
+        if type(exc).__name__ in {"AnalysisException", "ParseException"}:
+            print(f"sparkeras: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    if summary is not None:
+        print(json.dumps(summary, default=str), file=out, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
