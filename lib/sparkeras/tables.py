@@ -54,8 +54,14 @@ def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str
     if not written <= set(batch_ids):
         raise ValueError(f"data holds batches {sorted(written - set(batch_ids))} not named for {table}")
     if written:
-        (df.write.mode("overwrite").option("partitionOverwriteMode", "dynamic")
-           .insertInto(table))
+        # The writer option is ignored by insertInto; the session setting is honoured.
+        key = "spark.sql.sources.partitionOverwriteMode"
+        previous = spark.conf.get(key)
+        spark.conf.set(key, "dynamic")
+        try:
+            df.write.mode("overwrite").insertInto(table)
+        finally:
+            spark.conf.set(key, previous)
     for b in batch_ids:
         if b not in written:
             spark.sql(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`{batch_col}` = {_sql_literal(b)})")

@@ -98,8 +98,10 @@ def _read_csv(spark, source: str):
     """
     from pyspark.sql import functions as F
     lines = _text_lines(spark, source)
-    first = F.upper(_clean_field(F.split(F.col("raw"), ",").getItem(0)))
-    lines = lines.withColumn("_is_header", first == F.lit(ID))
+    # A header row names ID and a signal, in any order (data rows cannot: ID is numeric).
+    names = F.transform(F.split(F.col("raw"), ","), lambda x: F.upper(_clean_field(x)))
+    lines = lines.withColumn("_is_header", F.array_contains(names, ID)
+                             & F.arrays_overlap(names, F.array(*[F.lit(c) for c in FEATURES])))
 
     headers: dict[str, list[list[str]]] = {}
     for row in lines.where("_is_header").select("source_file", "raw").distinct().collect():

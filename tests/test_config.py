@@ -1,0 +1,69 @@
+"""Configuration: typed, validated, one clear error naming the key and its source."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sparkeras.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_local_yml_equals_builtin_defaults():
+    assert load_config(str(ROOT / "conf" / "local.yml")) == load_config(None)
+
+
+def test_defaults_are_embedded_and_resolved(tmp_path):
+    cfg = load_config(None, [f"state_dir={tmp_path}"])
+    assert cfg.spark.master == "local[*]"
+    assert cfg.tables.format == "parquet"
+    assert cfg.spark.warehouse_dir == f"{tmp_path}/warehouse"
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert cfg.mlflow.tracking_uri.startswith("sqlite:////")  # absolute: four slashes
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    cfg = load_config(None, ["train.hidden_units=[16, 8]", "train.learning_rate=0.01",
+                             "spark.conf={spark.sql.shuffle.partitions: 4}", "train.split.seed=3"])
+    assert cfg.train.hidden_units == [16, 8]
+    assert cfg.train.learning_rate == 0.01
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "4"}
+    assert cfg.train.split.seed == 3 and cfg.train.split.train == 0.8
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train: {epoch: 3}\n", "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    ("trian: {}\n", "unknown key 'trian' (did you mean 'train'?)"),
+    ("train: {epochs: ten}\n", "'train.epochs' must be an integer, got 'ten'"),
+    ("train: {hidden_units: 64}\n", "'train.hidden_units' must be a list, got 64"),
+    ("tables: {format: orc}\n", "'tables.format' must be one of ['delta', 'parquet'], got 'orc'"),
+    ("train: {epochs: 0}\n", "'train.epochs' must be at least 1, got 0"),
+    ("train: {split: {train: 0.9, validation: 0.1, test: 0.1}}\n", "must be positive and sum to 1"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+])
+def test_file_errors_name_key_and_file(tmp_path, text, message):
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yml"):
+        load_config(str(tmp_path / "nope.yml"))
+
+
+def test_override_errors_name_the_override():
+    with pytest.raises(ConfigError, match=r"--set train.batch_size=big: 'train.batch_size' must be an integer"):
+        load_config(None, ["train.batch_size=big"])
+    with pytest.raises(ConfigError, match="unknown key 'spark.mastr'"):
+        load_config(None, ["spark.mastr=local[1]"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_every_section_is_typed():
+    for f in dataclasses.fields(Config):
+        assert f.type is not None

@@ -1,0 +1,29 @@
+"""Batch writes replace exactly the named batches, also when a batch becomes empty."""
+from pyspark.testing import assertDataFrameEqual
+
+from sparkeras.tables import write_batches
+
+
+def rows(spark, data):
+    return spark.createDataFrame(data, "v int, batch string")
+
+
+def test_rewriting_a_batch_replaces_only_that_batch(spark):
+    write_batches(spark, rows(spark, [(1, "a"), (2, "b")]), "tb_replace", "batch", ["a", "b"], "parquet")
+    write_batches(spark, rows(spark, [(3, "a")]), "tb_replace", "batch", ["a"], "parquet")
+    assertDataFrameEqual(spark.table("tb_replace"), rows(spark, [(3, "a"), (2, "b")]))
+    write_batches(spark, rows(spark, [(4, "c")]), "tb_replace", "batch", ["c"], "parquet")
+    assertDataFrameEqual(spark.table("tb_replace"), rows(spark, [(3, "a"), (2, "b"), (4, "c")]))
+
+
+def test_a_batch_rewritten_with_no_rows_disappears(spark):
+    write_batches(spark, rows(spark, [(1, "a"), (2, "b")]), "tb_empty", "batch", ["a", "b"], "parquet")
+    write_batches(spark, rows(spark, []), "tb_empty", "batch", ["a"], "parquet")
+    assertDataFrameEqual(spark.table("tb_empty"), rows(spark, [(2, "b")]))
+
+
+def test_rows_outside_the_named_batches_are_refused(spark):
+    write_batches(spark, rows(spark, [(1, "a")]), "tb_refuse", "batch", ["a"], "parquet")
+    import pytest
+    with pytest.raises(ValueError, match="not named"):
+        write_batches(spark, rows(spark, [(1, "z")]), "tb_refuse", "batch", ["a"], "parquet")

@@ -1,0 +1,110 @@
+"""Train, register, gate the champion and score, on real Spark, TensorFlow and MLflow."""
+import copy
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from sparkeras.ingest import ingest_incidents
+from sparkeras.scoring import score_incidents
+from sparkeras.train import train_incidents
+from sparkeras.workloads import incidents
+
+MODEL = "incident_root_cause"
+
+
+@pytest.fixture(scope="module")
+def trained(spark, cfg, tmp_path_factory):
+    src = str(tmp_path_factory.mktemp("gen") / "incidents")
+    incidents.generate(spark, 12000, seed=11).write.option("header", True).csv(src)
+    ingest_incidents(spark, src, "tr_incidents", "csv")
+    return train_incidents(spark, cfg, "default.tr_incidents")
+
+
+def test_first_model_is_registered_and_becomes_champion(trained, cfg):
+    assert trained["model_version"] == "1" and trained["became_champion"]
+    m = trained["test_metrics"]
+    # Clearly learned: close to the best achievable accuracy (0.856), far above chance.
+    assert m["accuracy"] > incidents.bayes_accuracy() - 0.04
+    assert m["rows"] == sum(map(sum, trained["test_confusion_matrix"]))
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+
+def test_run_has_params_epoch_metrics_artifacts_and_model(trained, cfg):
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    run = client.get_run(trained["run_id"])
+    assert run.data.params["hidden_units"] == "[32, 32]"
+    assert run.data.params["rows_test"] == str(trained["rows"]["test"])
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == trained["epochs_run"]
+    for key in ("test_accuracy", "test_macro_f1", "test_precision_MEMORY_LEAK",
+                "test_recall_NETWORK_DELAY", "test_f1_DATABASE_ISSUE"):
+        assert key in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert artifacts == {"evaluation/confusion_matrix.json", "evaluation/confusion_matrix.png",
+                         "evaluation/training_curves.png"}
+    cm = json.loads(open(client.download_artifacts(run.info.run_id, "evaluation/confusion_matrix.json")).read())
+    assert cm["labels"] == incidents.LABELS and cm["matrix"] == trained["test_confusion_matrix"]
+    from mlflow.models import get_model_info
+    info = get_model_info(f"models:/{MODEL}/1")
+    assert info.metadata["labels"] == incidents.LABELS
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 7]
+    assert info.saved_input_example_info is not None
+
+
+def test_worse_model_does_not_take_the_champion_alias(trained, spark, cfg):
+    weak = copy.deepcopy(cfg)
+    weak.train.epochs = 1
+    weak.train.learning_rate = 1e-7
+    result = train_incidents(spark, weak, "default.tr_incidents")
+    assert result["model_version"] == "2"
+    assert not result["became_champion"]
+    assert "champion stays at version 1" in result["champion_reason"]
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert client.get_run(result["run_id"]).data.tags["became_champion"] == "false"
+
+
+def test_scoring_reconciles_and_rerun_replaces(trained, spark, cfg):
+    first = score_incidents(spark, cfg, "default.tr_incidents", "default.tr_scores")
+    assert first.model_uri == f"models:/{MODEL}/1"
+    assert (first.input_rows, first.scored_rows, first.quarantined_rows) == (12000, 12000, 0)
+    again = score_incidents(spark, cfg, "default.tr_incidents", "default.tr_scores")
+    assert again.scored_rows == 12000 and spark.table("tr_scores").count() == 12000
+    out = spark.table("tr_scores")
+    assert out.columns == ["ID", "predicted_root_cause", "confidence",
+                           "probability_MEMORY_LEAK", "probability_NETWORK_DELAY",
+                           "probability_DATABASE_ISSUE", "model_name", "model_version",
+                           "scored_at", "batch_id"]
+    bad = out.where("abs(probability_MEMORY_LEAK + probability_NETWORK_DELAY + "
+                    "probability_DATABASE_ISSUE - 1) > 1e-5 or confidence < 1.0/3 - 1e-6 "
+                    "or model_version != '1'").count()
+    assert bad == 0
+    # predicted label is the arg-max of the probabilities
+    assert out.where("""predicted_root_cause != CASE
+        WHEN probability_MEMORY_LEAK = confidence THEN 'MEMORY_LEAK'
+        WHEN probability_NETWORK_DELAY = confidence THEN 'NETWORK_DELAY'
+        ELSE 'DATABASE_ISSUE' END""").count() == 0
+    daily = spark.sql("select sum(incidents) from tr_scores_daily").first()[0]
+    assert daily == 12000
+
+
+def test_unscorable_rows_go_to_quarantine(trained, spark, cfg):
+    cols = ", ".join(f"{c} int" for c in incidents.FEATURES)
+    spark.createDataFrame(
+        [(1, 1, 0, 0, 1, 0, 0, 0), (2, None, 0, 0, 1, 0, 0, 0), (3, 2, 0, 0, 1, 0, 0, 0),
+         (None, 1, 0, 0, 1, 0, 0, 0), (5, 0, 1, 1, 0, 0, 0, 1)], f"ID int, {cols}"
+    ).write.mode("overwrite").saveAsTable("tr_new")
+    result = score_incidents(spark, cfg, "default.tr_new", "default.tr_new_scores",
+                             model_uri=f"models:/{MODEL}/2", batch_id="2026-11-21")
+    assert (result.input_rows, result.scored_rows, result.quarantined_rows) == (5, 2, 3)
+    assert {r.ID for r in spark.table("tr_new_scores").collect()} == {1, 5}
+    assert {r.model_version for r in spark.table("tr_new_scores").collect()} == {"2"}
+    reasons = {r.ID: r.reason for r in spark.table("tr_new_scores_quarantine").collect()}
+    assert reasons == {2: "missing CPU_LOAD", 3: "CPU_LOAD must be 0 or 1, got 2", None: "missing ID"}
+
+
+def test_missing_feature_column_is_a_clear_error(trained, spark, cfg):
+    spark.createDataFrame([(1, 0)], "ID int, CPU_LOAD int").write.mode("overwrite").saveAsTable("tr_thin")
+    with pytest.raises(ValueError, match=r"lacks the model's input columns \['MEMORY_LEAK_LOAD'"):
+        score_incidents(spark, cfg, "default.tr_thin", "default.tr_thin_scores")
