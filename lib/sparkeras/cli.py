@@ -124,8 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"sparkeras: error: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # Spark analysis errors (missing table, bad SQL) are user errors
-        if type(exc).__name__ in {"AnalysisException", "ParseException"}:
+    except Exception as exc:  # missing table, bad SQL, unknown model: user errors
+        if type(exc).__name__ in {"AnalysisException", "ParseException", "MlflowException"}:
             print(f"sparkeras: error: {exc}", file=sys.stderr)
             return 1
         raise

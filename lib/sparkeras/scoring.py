@@ -165,10 +165,10 @@ def score_incidents(spark, cfg: Config, table: str, output: str,
     from pyspark.sql import functions as F
     from .ingest import BATCH_COL as INGEST_BATCH, ReconciliationError
 
+    src = spark.table(table)
     model = resolve_model(cfg, model_uri)
     tracking_uri = cfg.mlflow.tracking_uri
     registry_uri = cfg.mlflow.registry_uri or tracking_uri
-    src = spark.table(table)
     missing = [c for c in [incidents.ID, *model.features] if c not in src.columns]
     if missing:
         raise ValueError(f"table {table} lacks the model's input columns {missing}")

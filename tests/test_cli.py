@@ -1,0 +1,79 @@
+"""The command line as a user runs it: separate processes, one JSON line on stdout, tables
+that survive the process, clear errors with exit codes."""
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def sparkeras(state, *args, check=True):
+    cmd = [sys.executable, "-m", "sparkeras.cli", "--set", f"state_dir={state}",
+           "--set", "spark.master=local[2]", "--set",
+           "spark.conf={spark.sql.shuffle.partitions: 2}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo_state(tmp_path_factory):
+    state = tmp_path_factory.mktemp("cli_state")
+    proc = sparkeras(state, "--set", "demo.rows=3000", "--set", "demo.epochs=2",
+                     "--set", "train.hidden_units=[16]", "demo")
+    return state, proc
+
+
+def test_demo_prints_the_analyst_answer_and_one_json_summary(demo_state):
+    _, proc = demo_state
+    lines = proc.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert "Root causes per day:" in proc.stdout
+    assert "The least confident incidents:" in proc.stdout
+    ing = summary["ingest"]
+    # 3000 generated + 7 late-export rows, 5 of them bad
+    assert (ing["input_rows"], ing["valid_rows"], ing["quarantined_rows"]) == (3007, 3002, 5)
+    assert summary["score"]["scored_rows"] + summary["score"]["quarantined_rows"] == 3002
+    assert sum(r["incidents"] for r in summary["root_causes_per_day"]) == 3002
+    assert "[sparkeras] step 5/5" in proc.stderr
+
+
+def test_tables_survive_the_process_and_sql_formats(demo_state):
+    state, _ = demo_state
+    proc = sparkeras(state, "sql", "SELECT COUNT(*) AS n FROM incident_scores", "--format", "json")
+    assert json.loads(proc.stdout.strip()) == {"n": 3002}
+    proc = sparkeras(state, "sql", "SELECT reason FROM incidents_quarantine ORDER BY reason",
+                     "--format", "csv")
+    assert [r[0] for r in csv.reader(io.StringIO(proc.stdout))] == [
+        "reason", "CPU_LOAD must be 0 or 1, got '2'", "DELAY must be 0 or 1, got 'high'",
+        "empty field MEMORY_LEAK_LOAD", "short row: 4 fields, the header has 9",
+        "unknown root cause 'DISK_FULL'"]
+    proc = sparkeras(state, "sql", "SELECT SUM(incidents) AS total FROM incident_scores_daily")
+    assert proc.stdout.split() == ["total", "3002"]
+
+
+def test_configuration_error_exit_code_and_message(tmp_path):
+    proc = sparkeras(tmp_path, "--set", "train.epoch=3", "sql", "SELECT 1", check=False)
+    assert proc.returncode == 2
+    assert "unknown key 'train.epoch' (did you mean 'train.epochs'?)" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_missing_table_is_a_clear_error(tmp_path):
+    proc = sparkeras(tmp_path, "score", "incidents", "--table", "nope", "--output", "x",
+                     "--model", "models:/none/1", check=False)
+    assert proc.returncode == 1
+    assert "sparkeras: error:" in proc.stderr and "TABLE_OR_VIEW_NOT_FOUND" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_model_is_a_clear_error(demo_state):
+    state, _ = demo_state
+    proc = sparkeras(state, "score", "incidents", "--table", "incidents", "--output", "x",
+                     "--model", "models:/no_such_model/1", check=False)
+    assert proc.returncode == 1
+    assert "sparkeras: error:" in proc.stderr and "no_such_model" in proc.stderr
+    assert "Traceback" not in proc.stderr
