@@ -92,6 +92,7 @@ class TrainConf:
 class ScoreConf:
     model_uri: Optional[str] = None    # None: models:/<model>@<champion_alias>
     arrow_batch_rows: int = 50000
+    worker_threads: int = 1            # TensorFlow threads in each Python worker
 
 
 @dataclass
@@ -130,7 +131,7 @@ _CHOICES = {
     "train.strategy": {"mirrored", "default"},
 }
 _POSITIVE = {"train.epochs", "train.batch_size", "train.shuffle_buffer",
-             "score.arrow_batch_rows", "demo.rows"}
+             "score.arrow_batch_rows", "score.worker_threads", "demo.rows"}
 
 
 def _type_name(tp: Any) -> str:

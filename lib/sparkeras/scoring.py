@@ -34,23 +34,29 @@ class ModelCache:
     _lock = threading.Lock()
 
     @classmethod
-    def get(cls, model_uri: str, tracking_uri: str, registry_uri: str, n_features: int):
+    def get(cls, model_uri: str, tracking_uri: str, registry_uri: str, n_features: int,
+            threads: int):
         key = (model_uri, tracking_uri, registry_uri)
         with cls._lock:
             if key not in cls._models:
-                cls._models[key] = cls._load(model_uri, tracking_uri, registry_uri, n_features)
+                cls._models[key] = cls._load(model_uri, tracking_uri, registry_uri, n_features,
+                                             threads)
             return cls._models[key]
 
     @staticmethod
-    def _load(model_uri, tracking_uri, registry_uri, n_features):
+    def _load(model_uri, tracking_uri, registry_uri, n_features, threads):
         from .tf_runtime import configure_tensorflow
-        tf = configure_tensorflow()
+        # Spark runs one Python worker per task slot: more TF threads only oversubscribe.
+        tf = configure_tensorflow(threads, threads)
         import mlflow
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(registry_uri)
         model = mlflow.tensorflow.load_model(model_uri)
-        forward = tf.function(lambda x: model(x, training=False), input_signature=[
-            tf.TensorSpec((None, n_features), tf.float32)], reduce_retracing=True)
+
+        @tf.function(input_signature=[tf.TensorSpec((None, n_features), tf.float32)])
+        @tf.autograph.experimental.do_not_convert
+        def forward(x):
+            return model(x, training=False)
         return lambda x: forward(x).numpy()
 
 
@@ -91,20 +97,21 @@ def probability_columns(labels: Sequence[str]) -> list[str]:
     return [f"probability_{label}" for label in labels]
 
 
-def predict_udf(model: ResolvedModel, tracking_uri: str, registry_uri: str):
+def predict_udf(model: ResolvedModel, tracking_uri: str, registry_uri: str, threads: int = 1):
     """An iterator pandas UDF: struct of feature columns -> struct of probability doubles."""
     from pyspark.sql.functions import pandas_udf
     names = probability_columns(model.labels)
-    schema = ", ".join(f"`{n}` double" for n in names)
+    # float32 crosses Arrow at half the bytes of double; Spark widens it in the JVM.
+    schema = ", ".join(f"`{n}` float" for n in names)
     uri, n_features = model.uri, len(model.features)
 
     @pandas_udf(schema)
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        forward = ModelCache.get(uri, tracking_uri, registry_uri, n_features)
+        forward = ModelCache.get(uri, tracking_uri, registry_uri, n_features, threads)
         for pdf in batches:
             x = pdf.to_numpy(dtype=np.float32)
-            p = forward(x).astype(np.float64)
-            yield pd.DataFrame({n: p[:, i] for i, n in enumerate(names)})
+            p = forward(x)
+            yield pd.DataFrame({n: p[:, i] for i, n in enumerate(names)}, copy=False)
     return predict
 
 
@@ -121,13 +128,15 @@ def input_problems(features: Sequence[str], id_col: str):
     return F.when(reason != "", reason)
 
 
-def predict_columns(df, model: ResolvedModel, tracking_uri: str, registry_uri: str):
+def predict_columns(df, model: ResolvedModel, tracking_uri: str, registry_uri: str,
+                    threads: int = 1):
     """``df`` + probability columns + ``predicted_label`` + ``confidence`` (pure transform)."""
     from pyspark.sql import functions as F
-    udf = predict_udf(model, tracking_uri, registry_uri)
+    udf = predict_udf(model, tracking_uri, registry_uri, threads)
     names = probability_columns(model.labels)
-    out = df.withColumn("_p", udf(F.struct(*[F.col(c).cast("float") for c in model.features])))
-    out = out.select("*", *[F.col(f"_p.`{n}`").alias(n) for n in names]).drop("_p")
+    # 0/1 signals travel to Python as int8 (validated upstream): the narrowest Arrow input.
+    out = df.withColumn("_p", udf(F.struct(*[F.col(c).cast("tinyint") for c in model.features])))
+    out = out.select("*", *[F.col(f"_p.`{n}`").cast("double").alias(n) for n in names]).drop("_p")
     confidence = F.greatest(*[F.col(n) for n in names])
     predicted = F.lit(None).cast("string")
     for label, n in reversed(list(zip(model.labels, names))):  # first max wins, as argmax
@@ -185,7 +194,8 @@ def score_incidents(spark, cfg: Config, table: str, output: str,
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.arrow_batch_rows))
     try:
         good_in = df.where(F.col("_reason").isNull())
-        scored = predict_columns(good_in, model, tracking_uri, registry_uri)
+        scored = predict_columns(good_in, model, tracking_uri, registry_uri,
+                                 cfg.score.worker_threads)
         names = probability_columns(model.labels)
         finite = F.lit(True)
         for n in names:
