@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparkeras-installed
 
-.PHONY: run test setup java bench clean
+.PHONY: run test setup java bench clean spark-sql
 
 run: setup
 	$(VENV)/bin/sparkeras demo
@@ -33,3 +33,9 @@ bench: setup
 
 clean:
 	rm -rf .sparkeras
+
+# The interactive spark-sql shell on the local warehouse and metastore.
+spark-sql: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH spark-sql \
+	  --conf spark.sql.warehouse.dir=$(CURDIR)/.sparkeras/warehouse \
+	  --conf "spark.hadoop.javax.jdo.option.ConnectionURL=jdbc:derby:;databaseName=$(CURDIR)/.sparkeras/metastore_db;create=true"

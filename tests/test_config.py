@@ -67,3 +67,25 @@ def test_override_errors_name_the_override():
 def test_every_section_is_typed():
     for f in dataclasses.fields(Config):
         assert f.type is not None
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_databricks_target_configs_validate(env):
+    cfg = load_config(str(ROOT / "conf" / f"{env}.yml"))
+    assert cfg.tables.format == "delta"
+    assert cfg.mlflow.registry_uri == "databricks-uc"
+    assert cfg.registry.incident_model.count(".") == 2      # catalog.schema.model
+    assert cfg.state_dir.startswith("/Volumes/")
+
+
+def test_bundle_passes_arguments_the_cli_accepts():
+    import yaml
+    from sparkeras.cli import build_parser
+    bundle = yaml.safe_load((ROOT / "databricks.yml").read_text())
+    tasks = bundle["resources"]["jobs"]["incidents_pipeline"]["tasks"]
+    for task in tasks:
+        params = [p.replace("${bundle.target}", "dev") for p in task["python_wheel_task"]["parameters"]]
+        args = build_parser().parse_args(params)
+        assert args.command in {"ingest", "train", "score"}
+        conf_path = params[params.index("--conf") + 1].split("/conf/")[-1]
+        assert (ROOT / "conf" / conf_path).is_file()

@@ -20,11 +20,19 @@ def build_parser() -> argparse.ArgumentParser:
                                   "conf/local.yml when present, else built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set train.epochs=3 (repeatable)")
+    # --conf/--set are also accepted after the subcommand (jobs forward their arguments).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--conf", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--set", dest="overrides", action="append", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
+
+    def add_parser(subparsers, name, **kw):
+        return subparsers.add_parser(name, parents=[common], **kw)
 
     gen = sub.add_parser("generate", help="write deterministic synthetic data")
     gen_sub = gen.add_subparsers(dest="workload", required=True)
-    g = gen_sub.add_parser("incidents", help="synthetic incidents (see docs/incidents.md)")
+    g = add_parser(gen_sub, "incidents", help="synthetic incidents (see docs/incidents.md)")
     g.add_argument("--rows", type=int, required=True)
     g.add_argument("--out", required=True, help="output folder (Spark writes part files)")
     g.add_argument("--format", choices=["csv", "parquet"], default="csv")
@@ -33,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", help="validate raw files into a table + quarantine")
     ing_sub = ing.add_subparsers(dest="workload", required=True)
-    i = ing_sub.add_parser("incidents")
+    i = add_parser(ing_sub, "incidents")
     i.add_argument("--source", required=True, help="file, folder or glob")
     i.add_argument("--table", required=True)
     i.add_argument("--format", choices=["csv", "parquet", "json"], default="csv")
@@ -41,25 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train, log to MLflow, register, gate the champion")
     tr_sub = tr.add_subparsers(dest="workload", required=True)
-    t = tr_sub.add_parser("incidents")
+    t = add_parser(tr_sub, "incidents")
     t.add_argument("--table", required=True)
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
 
     sc = sub.add_parser("score", help="score a table with a registered model")
     sc_sub = sc.add_subparsers(dest="workload", required=True)
-    s = sc_sub.add_parser("incidents")
+    s = add_parser(sc_sub, "incidents")
     s.add_argument("--table", required=True)
     s.add_argument("--output", required=True)
     s.add_argument("--model", help="default: models:/<registry.incident_model>@champion")
     s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
 
-    q = sub.add_parser("sql", help="run a SQL query on the warehouse")
+    q = add_parser(sub, "sql", help="run a SQL query on the warehouse")
     q.add_argument("query")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.add_argument("--max-rows", type=int, default=1000)
 
-    d = sub.add_parser("demo", help="generate, ingest, train, score and query, end to end")
+    d = add_parser(sub, "demo", help="generate, ingest, train, score and query, end to end")
     d.add_argument("--rows", type=int, help="default: demo.rows from the configuration")
     return p
 
