@@ -84,7 +84,6 @@ class TrainConf:
     seed: int = 42
     shuffle_buffer: int = 65536
     cache_dir: str = "{state_dir}/cache"
-    checkpoint_dir: str = "{state_dir}/checkpoints"
     split: SplitConf = field(default_factory=SplitConf)
 
 
