@@ -21,6 +21,7 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6.0",
         "matplotlib>=3.7",
+        "pillow>=10.0",
     ],
     extras_require={
         "local": ["pyspark>=3.5", "tensorflow-cpu>=2.16"],

@@ -66,7 +66,8 @@ def main() -> None:
     incidents.generate(spark, 50_000, seed=1).write.option("header", True).csv(src)
     ingest_incidents(spark, src, "bench_train", "csv")
     trained = train_incidents(spark, cfg, "default.bench_train")
-    model = resolve_model(cfg, f"models:/{cfg.registry.incident_model}/{trained['model_version']}")
+    model = resolve_model(cfg, f"models:/{cfg.registry.incident_model}/{trained['model_version']}",
+                          cfg.registry.incident_model)
     tracking = cfg.mlflow.tracking_uri
 
     log(f"caching {args.rows:,} input rows")

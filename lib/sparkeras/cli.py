@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=7)
     g.add_argument("--unlabeled", action="store_true", help="omit ROOT_CAUSE")
 
+    g = add_parser(gen_sub, "images", help="synthetic class-structured images (docs/images.md)")
+    g.add_argument("--count", type=int, required=True)
+    g.add_argument("--out", required=True, help="output folder (a path every worker can write)")
+    g.add_argument("--format", choices=["idx", "cifar", "folder"], required=True)
+    g.add_argument("--classes", type=int, default=10)
+    g.add_argument("--seed", type=int, default=7)
+
     ing = sub.add_parser("ingest", help="validate raw files into a table + quarantine")
     ing_sub = ing.add_subparsers(dest="workload", required=True)
     i = add_parser(ing_sub, "incidents")
@@ -47,9 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--format", choices=["csv", "parquet", "json"], default="csv")
     i.add_argument("--batch-id", help="default: derived from the source files")
 
+    i = add_parser(ing_sub, "images")
+    i.add_argument("--source", required=True, help="file, folder or glob")
+    i.add_argument("--table", required=True)
+    i.add_argument("--format", choices=["idx", "cifar", "folder"], required=True)
+    i.add_argument("--batch-id", help="default: derived from the source files")
+    i.add_argument("--unlabeled", action="store_true",
+                   help="new images: ignore class folders and label files")
+
     tr = sub.add_parser("train", help="train, log to MLflow, register, gate the champion")
     tr_sub = tr.add_subparsers(dest="workload", required=True)
     t = add_parser(tr_sub, "incidents")
+    t.add_argument("--table", required=True)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+
+    t = add_parser(tr_sub, "images")
     t.add_argument("--table", required=True)
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
@@ -60,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--table", required=True)
     s.add_argument("--output", required=True)
     s.add_argument("--model", help="default: models:/<registry.incident_model>@champion")
+    s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
+
+    s = add_parser(sc_sub, "images")
+    s.add_argument("--table", required=True)
+    s.add_argument("--output", required=True)
+    s.add_argument("--model", help="default: models:/<registry.image_model>@champion")
     s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
 
     q = add_parser(sub, "sql", help="run a SQL query on the warehouse")
@@ -87,6 +113,24 @@ def run(args, out) -> Optional[dict]:
     from .session import get_spark
     spark = get_spark(cfg)
     cmd = args.command
+    images = getattr(args, "workload", None) == "images"
+    if cmd == "generate" and images:
+        from .workloads import images as image_workload
+        return image_workload.generate(spark, args.count, args.out, args.format, args.seed,
+                                       args.classes)
+    if cmd == "ingest" and images:
+        from .ingest import ingest_images
+        return ingest_images(spark, args.source, cfg.table_name(args.table), args.format,
+                             getattr(cfg.images.size, args.format), cfg.tables.format,
+                             args.batch_id, cfg.images.class_names, not args.unlabeled,
+                             cfg.images.decode_batch_rows).summary()
+    if cmd == "train" and images:
+        from .train import train_images
+        return train_images(spark, cfg, cfg.table_name(args.table))
+    if cmd == "score" and images:
+        from .scoring import score_images
+        return score_images(spark, cfg, cfg.table_name(args.table), cfg.table_name(args.output),
+                            args.model or cfg.score.model_uri, args.batch_id).summary()
     if cmd == "generate":
         from .workloads import incidents
         df = incidents.generate(spark, args.rows, args.seed, labeled=not args.unlabeled)

@@ -55,6 +55,7 @@ class MlflowConf:
 @dataclass
 class RegistryConf:
     incident_model: str = "incident_root_cause"
+    image_model: str = "image_classifier"
     champion_alias: str = "champion"
 
 
@@ -95,6 +96,29 @@ class ScoreConf:
 
 
 @dataclass
+class ImageSizes:
+    """The stored (and model input) size per source format: [height, width, channels]."""
+    idx: list[int] = field(default_factory=lambda: [28, 28, 1])
+    cifar: list[int] = field(default_factory=lambda: [32, 32, 3])
+    folder: list[int] = field(default_factory=lambda: [150, 150, 3])
+
+
+@dataclass
+class ImagesConf:
+    size: ImageSizes = field(default_factory=ImageSizes)
+    class_names: list[str] = field(default_factory=list)   # IDX labels; CIFAR without meta
+    decode_batch_rows: int = 256      # Arrow rows per decode/score batch (capped at ~64 MiB)
+    # auto: classic_cnn up to 32x32, folder_cnn above | classic_cnn | folder_cnn | transfer
+    architecture: str = "auto"
+    augment: bool = True              # flip/zoom/perspective layers: folder_cnn, transfer
+    backbone: str = "mobilenet_v2"    # transfer: mobilenet_v2 | resnet50_v2 | efficientnet_b0
+    backbone_weights: Optional[str] = None   # a local weights file; None: random init
+    freeze_backbone: bool = True
+    shuffle_memory_mb: int = 512      # caps train.shuffle_buffer for large images
+    misclassified_grid: int = 25      # misclassified test images drawn into the run
+
+
+@dataclass
 class DemoConf:
     rows: int = 1_000_000
     epochs: int = 3
@@ -112,6 +136,7 @@ class Config:
     tensorflow: TensorflowConf = field(default_factory=TensorflowConf)
     train: TrainConf = field(default_factory=TrainConf)
     score: ScoreConf = field(default_factory=ScoreConf)
+    images: ImagesConf = field(default_factory=ImagesConf)
     demo: DemoConf = field(default_factory=DemoConf)
 
     def experiment_name(self, workload: str) -> str:
@@ -128,9 +153,12 @@ _CHOICES = {
     "spark.catalog": {"hive", "in-memory"},
     "tables.format": {"parquet", "delta"},
     "train.strategy": {"mirrored", "default"},
+    "images.architecture": {"auto", "classic_cnn", "folder_cnn", "transfer"},
+    "images.backbone": {"mobilenet_v2", "resnet50_v2", "efficientnet_b0"},
 }
 _POSITIVE = {"train.epochs", "train.batch_size", "train.shuffle_buffer",
-             "score.arrow_batch_rows", "score.worker_threads", "demo.rows"}
+             "score.arrow_batch_rows", "score.worker_threads", "demo.rows",
+             "images.decode_batch_rows", "images.shuffle_memory_mb"}
 
 
 def _type_name(tp: Any) -> str:
@@ -212,6 +240,13 @@ def _check(cfg: Config, source: str) -> None:
     if min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-9:
         raise ConfigError(f"{source}: 'train.split' fractions must be positive and sum to 1, "
                           f"got train={s.train}, validation={s.validation}, test={s.test}")
+    for fmt in ("idx", "cifar", "folder"):
+        size = getattr(cfg.images.size, fmt)
+        if len(size) != 3 or min(size[:2]) < 1 or size[2] not in (1, 3):
+            raise ConfigError(f"{source}: 'images.size.{fmt}' must be [height, width, channels] "
+                              f"with positive sides and 1 or 3 channels, got {size!r}")
+    if cfg.images.misclassified_grid < 0:
+        raise ConfigError(f"{source}: 'images.misclassified_grid' must be 0 or more")
     if any(u < 1 for u in cfg.train.hidden_units) or not cfg.train.hidden_units:
         raise ConfigError(f"{source}: 'train.hidden_units' must be a non-empty list of "
                           f"positive integers, got {cfg.train.hidden_units!r}")

@@ -16,3 +16,99 @@ def build_mlp(n_features: int, n_classes: int, hidden_units: list[int], learning
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def _compile(model, learning_rate: float):
+    import keras
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def resolve_architecture(name: str, height: int, width: int) -> str:
+    """``auto``: the classic small CNN up to 32x32, the folder CNN above."""
+    if name != "auto":
+        return name
+    return "classic_cnn" if max(height, width) <= 32 else "folder_cnn"
+
+
+def augmentation(seed: int):
+    """Random flip, zoom and a shear-like perspective warp (active in training only).
+
+    ``RandomPerspective`` stands in for ``RandomShear``: in Keras 3.15 a saved RandomShear
+    cannot be loaded again (its config stores the factor as [-0.2, 0.2], which its own
+    constructor rejects), and a model that cannot be loaded cannot be scored.
+    """
+    import keras
+    return [keras.layers.RandomFlip("horizontal", seed=seed, name="flip"),
+            keras.layers.RandomZoom(0.2, seed=seed, name="zoom"),
+            keras.layers.RandomPerspective(factor=0.5, scale=0.2, seed=seed, name="perspective")]
+
+
+BACKBONES = {
+    # name: (constructor in keras.applications, input scaling: (scale, offset) or None)
+    "mobilenet_v2": ("MobileNetV2", (1 / 127.5, -1.0)),
+    "resnet50_v2": ("ResNet50V2", (1 / 127.5, -1.0)),
+    "efficientnet_b0": ("EfficientNetB0", None),   # rescales 0..255 itself
+}
+
+
+def build_image_model(shape: tuple[int, int, int], n_classes: int, architecture: str,
+                      learning_rate: float, seed: int = 42, augment: bool = True,
+                      backbone: str = "mobilenet_v2", backbone_weights: str | None = None,
+                      freeze_backbone: bool = True):
+    """An image classifier taking ``uint8[h, w, c]`` and returning class probabilities.
+
+    - ``classic_cnn``: Conv 32, pool, Conv 64, pool, Conv 64, Dense 64 (MNIST/CIFAR tutorials);
+    - ``folder_cnn``: three Conv 64 + pool blocks, Dense 128 (cats-vs-dogs), with augmentation;
+    - ``transfer``: a Keras Applications backbone without its top, weights from the local
+      file ``backbone_weights`` (random when None), optionally frozen, with augmentation.
+    Pixel scaling lives in the model, so callers feed raw ``uint8`` images.
+    """
+    import keras
+    from keras import layers
+    keras.utils.set_random_seed(seed)
+    h, w, c = shape
+    inputs = keras.Input(shape=shape, dtype="uint8", name="image")
+    if architecture == "classic_cnn":
+        x = layers.Rescaling(1 / 255.0, name="scale")(inputs)
+        x = layers.Conv2D(32, 3, activation="relu", name="conv_1")(x)
+        x = layers.MaxPooling2D(name="pool_1")(x)
+        x = layers.Conv2D(64, 3, activation="relu", name="conv_2")(x)
+        x = layers.MaxPooling2D(name="pool_2")(x)
+        x = layers.Conv2D(64, 3, activation="relu", name="conv_3")(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dense(64, activation="relu", name="dense")(x)
+    elif architecture == "folder_cnn":
+        x = layers.Rescaling(1 / 255.0, name="scale")(inputs)
+        for layer in (augmentation(seed) if augment else []):
+            x = layer(x)
+        for i in range(1, 4):
+            x = layers.Conv2D(64, 3, activation="relu", name=f"conv_{i}")(x)
+            x = layers.MaxPooling2D(name=f"pool_{i}")(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dropout(0.3, seed=seed, name="dropout")(x)
+        x = layers.Dense(128, activation="relu", name="dense")(x)
+    elif architecture == "transfer":
+        if c != 3:
+            raise ValueError(f"transfer learning needs RGB images (3 channels); the table has "
+                             f"{c}: ingest with images.size.<format> = [h, w, 3]")
+        if min(h, w) < 32:
+            raise ValueError(f"transfer backbones need images of at least 32x32, got {h}x{w}")
+        if backbone_weights is not None and not __import__("os").path.isfile(backbone_weights):
+            raise FileNotFoundError(f"images.backbone_weights: no such file {backbone_weights}")
+        ctor_name, scaling = BACKBONES[backbone]
+        x = layers.Rescaling(1.0, name="to_float")(inputs)
+        for layer in (augmentation(seed) if augment else []):
+            x = layer(x)
+        if scaling is not None:
+            x = layers.Rescaling(scaling[0], offset=scaling[1], name="scale")(x)
+        base = getattr(keras.applications, ctor_name)(
+            input_shape=shape, include_top=False, weights=backbone_weights, pooling="avg")
+        base.trainable = not freeze_backbone
+        x = base(x, training=False) if freeze_backbone else base(x)
+        x = layers.Dropout(0.2, seed=seed, name="dropout")(x)
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}")
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return _compile(keras.Model(inputs, outputs, name=f"image_{architecture}"), learning_rate)

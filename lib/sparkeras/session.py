@@ -7,6 +7,7 @@ and Python workers that run this very interpreter.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from importlib import resources
@@ -70,3 +71,21 @@ def get_spark(cfg: Config):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     return spark
+
+
+@contextlib.contextmanager
+def temporary_conf(spark, settings: dict[str, str]):
+    """Set Spark SQL settings for the duration of a block, then restore the previous values
+    (unset ones are unset again). Actions must run inside the block: settings are read when
+    a query executes, not when a DataFrame is defined."""
+    previous = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, str(v))
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .session import temporary_conf
+
 
 def quarantine_name(table: str) -> str:
     return f"{table}_quarantine"
@@ -55,13 +57,8 @@ def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str
         raise ValueError(f"data holds batches {sorted(written - set(batch_ids))} not named for {table}")
     if written:
         # The writer option is ignored by insertInto; the session setting is honoured.
-        key = "spark.sql.sources.partitionOverwriteMode"
-        previous = spark.conf.get(key)
-        spark.conf.set(key, "dynamic")
-        try:
+        with temporary_conf(spark, {"spark.sql.sources.partitionOverwriteMode": "dynamic"}):
             df.write.mode("overwrite").insertInto(table)
-        finally:
-            spark.conf.set(key, previous)
     for b in batch_ids:
         if b not in written:
             spark.sql(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`{batch_col}` = {_sql_literal(b)})")

@@ -44,12 +44,16 @@ def epoch_logger():
     return _EpochLogger()
 
 
-def tensor_signature(n_features: int, n_classes: int):
+def tensor_signature(input_shape, n_classes: int, dtype: str = "float32",
+                     name: str = "features"):
+    """A tensor-based signature (MLflow needs one for Keras models): a batch of
+    ``input_shape`` inputs -> a batch of ``n_classes`` float32 probabilities."""
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
+    shape = (-1, *((input_shape,) if isinstance(input_shape, int) else tuple(input_shape)))
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features), "features")]),
+        inputs=Schema([TensorSpec(np.dtype(dtype), shape, name)]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")]))
 
 
@@ -61,11 +65,18 @@ class ChampionDecision:
     previous_macro_f1: Optional[float] = None
 
 
+COMPARABLE_KEYS = ("labels", "features", "input_shape")
+
+
 def champion_gate(cfg: Config, model_name: str, version: str, candidate_f1: float,
-                  evaluate: Callable[[object], float]) -> ChampionDecision:
+                  evaluate: Callable[[object], float],
+                  contract: Optional[dict] = None) -> ChampionDecision:
     """Move the champion alias to ``version`` only if its test macro F1 is at least the
     current champion's, both measured now on the same test split (``evaluate`` scores a
-    loaded model on it)."""
+    loaded model on it).
+
+    A champion whose labels, features or input shape differ from ``contract`` cannot be
+    measured on this split: the alias stays, and the reason says why."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -80,7 +91,18 @@ def champion_gate(cfg: Config, model_name: str, version: str, candidate_f1: floa
         return ChampionDecision(True, f"no '{alias}' yet: version {version} becomes {alias}")
     if str(current.version) == str(version):
         return ChampionDecision(True, f"version {version} is already {alias}")
-    champion = mlflow.tensorflow.load_model(f"models:/{model_name}/{current.version}")
+    champion_uri = f"models:/{model_name}/{current.version}"
+    from mlflow.models import get_model_info
+    meta = get_model_info(champion_uri).metadata or {}
+    differs = [k for k in COMPARABLE_KEYS
+               if contract and k in contract and k in meta and list(meta[k]) != list(contract[k])]
+    if differs:
+        return ChampionDecision(
+            False, f"{alias} version {current.version} has other {', '.join(differs)}: it "
+                   f"cannot be compared on this test split, so {alias} stays at version "
+                   f"{current.version} (move the alias by hand, or register under another "
+                   f"model name)", str(current.version))
+    champion = mlflow.tensorflow.load_model(champion_uri)
     champion_f1 = float(evaluate(champion))
     if candidate_f1 >= champion_f1:
         client.set_registered_model_alias(model_name, alias, version)

@@ -35,13 +35,44 @@ def metrics_from_confusion(cm: np.ndarray, labels: Sequence[str]) -> dict:
 
 
 def evaluate_model(model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
-                   labels: Sequence[str]) -> tuple[dict, np.ndarray]:
-    """Stream batches through ``model``; return (metrics, confusion matrix)."""
+                   labels: Sequence[str], errors: list | None = None,
+                   max_errors: int = 0) -> tuple[dict, np.ndarray]:
+    """Stream batches through ``model``; return (metrics, confusion matrix).
+
+    With ``errors`` given, the first ``max_errors`` misclassified inputs are appended to
+    it as (input, true index, predicted index, confidence)."""
     cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
     for x, y in batches:
         probs = np.asarray(model.predict_on_batch(x))
-        cm += confusion_matrix(y, probs.argmax(axis=1), len(labels))
+        pred = probs.argmax(axis=1)
+        cm += confusion_matrix(y, pred, len(labels))
+        if errors is not None and len(errors) < max_errors:
+            for i in np.flatnonzero(pred != y)[:max_errors - len(errors)]:
+                errors.append((np.array(x[i]), int(y[i]), int(pred[i]), float(probs[i, pred[i]])))
     return metrics_from_confusion(cm, labels), cm
+
+
+def plot_misclassified(errors: list, labels: Sequence[str]):
+    """A grid of misclassified test images titled "true -> predicted (confidence)"."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = max(len(errors), 1)
+    cols = min(5, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (img, true, pred, conf) in zip(axes.flat, errors):
+        img = np.asarray(img)
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
+                  cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=255)
+        ax.set_title(f"{labels[true]}\n-> {labels[pred]} ({conf:.2f})", fontsize=8)
+    if not errors:
+        axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center")
+    fig.suptitle("Misclassified test images: true -> predicted (confidence)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def plot_confusion(cm: np.ndarray, labels: Sequence[str]):

@@ -1,36 +1,52 @@
 """From a Spark table to batched ``tf.data`` without collecting on the driver.
 
-Spark assigns each row a split by hashing its ID (:func:`assign_split`) and writes a
-Parquet cache of float32 features and an int label index, one folder per split
+Spark assigns each row a split by hashing its id (:func:`assign_split`) and writes a
+Parquet cache of the model inputs and an int label index, one folder per split
 (:func:`write_cache`). TensorFlow then streams those files in batches with pyarrow
 (:func:`make_dataset`), shuffling with a bounded buffer; memory stays bounded whatever the
-table size. The cache folder must be on storage the training process can read (a local
-disk here, a Volume or DBFS path on Databricks).
+table size. A *decoder* turns an Arrow record batch into the model's input array
+(:class:`FeatureDecoder` for numeric columns, :class:`ImageDecoder` for raw image bytes).
+The cache folder must be on storage the training process can read (a local disk here, a
+Volume on Databricks).
 """
 from __future__ import annotations
 
 import glob
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 SPLITS = ("train", "validation", "test")
 
 
-def assign_split(df, id_col: str, train: float, validation: float, seed: int):
-    """Add ``split`` in {train, validation, test}: a pure function of (ID, seed).
+def assign_split(df, id_col: str, train: float, validation: float, seed: int,
+                 source_split: Optional[str] = None):
+    """Add ``split`` in {train, validation, test}: a pure function of (id, seed).
 
-    The bucket is ``pmod(xxhash64(ID, seed), 10000)``, so a row keeps its split when the
+    The bucket is ``pmod(xxhash64(id, seed), 10000)``, so a row keeps its split when the
     table grows, and the test split is the same for every model trained with this seed.
+    Integer ids are hashed as longs, other ids as they are. With ``source_split`` (a
+    column the source filled, e.g. MNIST's t10k files) its test and validation rows stay
+    there, and its train rows are divided between train and validation in proportion.
     """
     from pyspark.sql import functions as F
-    bucket = F.pmod(F.xxhash64(F.col(id_col).cast("long"), F.lit(seed)), F.lit(10000))
+    from pyspark.sql.types import IntegralType
+    col = F.col(id_col)
+    if isinstance(df.schema[id_col].dataType, IntegralType):
+        col = col.cast("long")
+    bucket = F.pmod(F.xxhash64(col, F.lit(seed)), F.lit(10000))
     t1 = int(round(train * 10000))
     t2 = int(round((train + validation) * 10000))
-    return df.withColumn("split", F.when(bucket < t1, "train")
-                         .when(bucket < t2, "validation").otherwise("test"))
+    split = F.when(bucket < t1, "train").when(bucket < t2, "validation").otherwise("test")
+    if source_split is not None:
+        t_train = int(round(train / (train + validation) * 10000))
+        src = F.col(source_split)
+        split = (F.when(src.isin("test", "validation"), src)
+                 .when(src == "train", F.when(bucket < t_train, "train").otherwise("validation"))
+                 .otherwise(split))
+    return df.withColumn("split", split)
 
 
 @dataclass
@@ -38,29 +54,66 @@ class Cache:
     """Paths and row counts of a written training cache."""
     root: str
     rows: dict[str, int]
-    features: list[str]
 
     def files(self, split: str) -> list[str]:
         return sorted(glob.glob(os.path.join(self.root, f"split={split}", "*.parquet")))
 
 
-def write_cache(df, root: str, features: Sequence[str], label_col: str, labels: Sequence[str],
-                id_col: str, train: float, validation: float, seed: int) -> Cache:
-    """Write labelled rows of ``df`` as ``root/split=<s>/*.parquet``: features + label index."""
-    from pyspark.sql import functions as F
-    label_index = (F.array_position(F.array(*[F.lit(x) for x in labels]), F.col(label_col)) - 1)
-    data = (assign_split(df.where(F.col(label_col).isin(*labels)), id_col, train, validation, seed)
-            .select(*[F.col(c).cast("float").alias(c) for c in features],
-                    label_index.cast("int").alias("label"), "split"))
+def write_cache(data, root: str) -> Cache:
+    """Write ``data`` (model input columns, ``label`` int, ``split``) as
+    ``root/split=<s>/*.parquet`` and count the rows of each split."""
     data.write.mode("overwrite").partitionBy("split").parquet(root)
     counts = {r["split"]: r["count"] for r in
               data.sparkSession.read.parquet(root).groupBy("split").count().collect()}
-    return Cache(root, {s: int(counts.get(s, 0)) for s in SPLITS}, list(features))
+    return Cache(root, {s: int(counts.get(s, 0)) for s in SPLITS})
 
 
-def iter_batches(files: Sequence[str], features: Sequence[str], batch_size: int,
-                 shuffle_buffer: int = 0, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (x float32[b, f], y int32[b]) batches from Parquet files, file by file.
+class FeatureDecoder:
+    """Numeric columns -> ``float32[n, len(columns)]``."""
+
+    def __init__(self, columns: Sequence[str]):
+        self.columns = list(columns)
+        self.shape = (len(self.columns),)
+        self.dtype = "float32"
+        self.row_bytes = 4 * len(self.columns)
+
+    def __call__(self, rb) -> np.ndarray:
+        return np.stack([rb.column(c).to_numpy(zero_copy_only=False) for c in self.columns],
+                        axis=1).astype(np.float32, copy=False)
+
+
+class ImageDecoder:
+    """A binary column of raw HWC bytes -> ``uint8[n, h, w, c]`` (zero-copy when it can)."""
+
+    def __init__(self, shape: Sequence[int], column: str = "image"):
+        self.columns = [column]
+        self.shape = tuple(shape)
+        self.dtype = "uint8"
+        self.row_bytes = int(np.prod(self.shape))
+
+    def __call__(self, rb) -> np.ndarray:
+        return binary_to_images(rb.column(self.columns[0]), self.shape)
+
+
+def binary_to_images(arr, shape: Sequence[int]) -> np.ndarray:
+    """An Arrow binary array of equal-length raw images -> ``uint8[n, *shape]``."""
+    import pyarrow as pa
+    n = len(arr)
+    size = int(np.prod(shape))
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.null_count:
+        raise ValueError("null image in the training data")
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset:arr.offset + n + 1]
+    if n and np.all(np.diff(offsets) == size):
+        values = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+        return values[offsets[0]:offsets[-1]].reshape(n, *shape)
+    raise ValueError(f"images in the training data are not all {list(shape)}")
+
+
+def iter_batches(files: Sequence[str], decoder, batch_size: int, shuffle_buffer: int = 0,
+                 seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (x, y int32[b]) batches from Parquet files, file by file.
 
     With ``shuffle_buffer`` > 0 the file order is permuted and rows are shuffled within a
     buffer of that many rows; with 0 the order is the files' (deterministic evaluation).
@@ -74,7 +127,7 @@ def iter_batches(files: Sequence[str], features: Sequence[str], batch_size: int,
 
     def drain(final: bool):
         nonlocal xs, ys, held
-        x = np.concatenate(xs) if xs else np.empty((0, len(features)), np.float32)
+        x = np.concatenate(xs) if xs else np.empty((0, *decoder.shape), decoder.dtype)
         y = np.concatenate(ys) if ys else np.empty((0,), np.int32)
         if shuffle_buffer:
             p = rng.permutation(len(y))
@@ -86,32 +139,31 @@ def iter_batches(files: Sequence[str], features: Sequence[str], batch_size: int,
         xs, ys = ([x[n_full:]], [y[n_full:]]) if not final else ([], [])
         held = len(y) - n_full if not final else 0
 
+    read_rows = max(batch_size, min(8192, (64 << 20) // max(decoder.row_bytes, 1)))
     for i in order:
         pf = pq.ParquetFile(files[i])
-        for rb in pf.iter_batches(batch_size=max(batch_size, 8192), columns=[*features, "label"]):
-            x = np.stack([rb.column(c).to_numpy(zero_copy_only=False) for c in features],
-                         axis=1).astype(np.float32, copy=False)
-            xs.append(x)
+        for rb in pf.iter_batches(batch_size=read_rows, columns=[*decoder.columns, "label"]):
+            xs.append(decoder(rb))
             ys.append(rb.column("label").to_numpy(zero_copy_only=False).astype(np.int32))
-            held += len(x)
+            held += rb.num_rows
             if held >= max(shuffle_buffer, batch_size):
                 yield from drain(final=False)
     yield from drain(final=True)
 
 
-def make_dataset(files: Sequence[str], features: Sequence[str], batch_size: int, rows: int,
+def make_dataset(files: Sequence[str], decoder, batch_size: int, rows: int,
                  shuffle_buffer: int = 0, seed: int = 0):
-    """A ``tf.data.Dataset`` of (features, label) batches of ``rows`` rows in all; a new
+    """A ``tf.data.Dataset`` of (inputs, label) batches of ``rows`` rows in all; a new
     shuffle each epoch."""
     import tensorflow as tf
     epoch = {"n": 0}
 
     def gen():
         epoch["n"] += 1
-        yield from iter_batches(files, features, batch_size, shuffle_buffer, seed + epoch["n"])
+        yield from iter_batches(files, decoder, batch_size, shuffle_buffer, seed + epoch["n"])
 
     ds = tf.data.Dataset.from_generator(gen, output_signature=(
-        tf.TensorSpec((None, len(features)), tf.float32), tf.TensorSpec((None,), tf.int32)))
+        tf.TensorSpec((None, *decoder.shape), decoder.dtype), tf.TensorSpec((None,), tf.int32)))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     batches = -(-rows // batch_size)

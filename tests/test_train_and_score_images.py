@@ -1,0 +1,133 @@
+"""Images end to end: generated IDX -> table -> CNN in MLflow -> scored tables."""
+import copy
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from pyspark.sql import functions as F
+
+from sparkeras.ingest import ingest_images
+from sparkeras.scoring import score_images
+from sparkeras.train import train_images
+from sparkeras.workloads import images
+
+
+@pytest.fixture(scope="module")
+def image_cfg(cfg):
+    c = copy.deepcopy(cfg)
+    c.registry.image_model = "test_image_classifier"
+    c.train.epochs = 3
+    c.train.batch_size = 64
+    c.images.misclassified_grid = 9
+    return c
+
+
+@pytest.fixture(scope="module")
+def trained(spark, image_cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen_idx")
+    images.generate(spark, 1400, str(out), "idx", seed=11, n_classes=4)
+    ingest_images(spark, str(out), "digits", "idx", (28, 28, 1),
+                  class_names=["zero", "forty-five", "ninety", "one-thirty-five"])
+    return train_images(spark, image_cfg, "digits")
+
+
+def test_cnn_learns_generated_images(trained, image_cfg):
+    import mlflow
+    assert trained["labels"] == ["zero", "forty-five", "ninety", "one-thirty-five"]
+    assert trained["rows"]["test"] == 200                   # the t10k file is the test split
+    assert trained["rows"]["train"] + trained["rows"]["validation"] == 1200
+    assert trained["test_metrics"]["accuracy"] > 0.6        # chance is 0.25
+    assert trained["became_champion"] and trained["model_version"] == "1"
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/misclassified.png",
+            "evaluation/training_curves.png"} <= artifacts
+    run = client.get_run(trained["run_id"])
+    assert run.data.params["architecture"] == "classic_cnn"
+    assert run.data.params["image_shape"] == "[28, 28, 1]"
+    info = mlflow.models.get_model_info("models:/test_image_classifier/1")
+    assert info.metadata["input_shape"] == [28, 28, 1] and info.metadata["workload"] == "images"
+
+
+def _check_scores(out, labels):
+    bad = out.where("NOT (top_1_probability >= top_2_probability AND "
+                    "top_2_probability >= top_3_probability) OR predicted_label != top_1_label "
+                    "OR confidence != top_1_probability OR top_1_label = top_2_label")
+    assert bad.count() == 0
+    assert {r[0] for r in out.select("predicted_label").distinct().collect()} <= set(labels)
+
+
+def test_score_new_unlabeled_images_of_another_size(spark, image_cfg, trained, tmp_path):
+    folder = tmp_path / "new"
+    images.generate(spark, 30, str(folder), "folder", seed=99, n_classes=4)
+    new = ingest_images(spark, str(folder), "new_images", "folder", (40, 40, 3), labeled=False)
+    assert new.valid_rows == 30
+    result = score_images(spark, image_cfg, "new_images", "new_image_scores")
+    assert (result.input_rows, result.scored_rows, result.quarantined_rows) == (30, 30, 0)
+    out = spark.table("new_image_scores")
+    assert out.columns == ["image_id", "predicted_label", "confidence", "top_1_label",
+                           "top_1_probability", "top_2_label", "top_2_probability",
+                           "top_3_label", "top_3_probability", "model_name", "model_version",
+                           "scored_at", "batch_id"]
+    _check_scores(out, trained["labels"])
+    assert out.where(F.col("model_version") != "1").count() == 0
+    again = score_images(spark, image_cfg, "new_images", "new_image_scores")
+    assert again.batch_ids == result.batch_ids and spark.table("new_image_scores").count() == 30
+    daily = spark.sql("SELECT SUM(images) FROM new_image_scores_daily").first()[0]
+    assert daily == 30
+
+
+def test_score_encoded_images_quarantines_undecodable(spark, image_cfg, trained, tmp_path):
+    """A table of encoded files (as Spark's binaryFile reads them) scores directly."""
+    def jpeg(value):
+        buf = io.BytesIO()
+        Image.new("RGB", (60, 45), (value, value, value)).save(buf, "JPEG")
+        return buf.getvalue()
+    rows = [("a.jpg", jpeg(10)), ("b.jpg", jpeg(200)), ("c.jpg", jpeg(90)[:100]),
+            ("d.txt", b"not an image"), ("e.jpg", None), (None, jpeg(50))]
+    spark.createDataFrame(rows, "image_id string, image binary").write.mode("overwrite") \
+        .saveAsTable("encoded_images")
+    result = score_images(spark, image_cfg, "encoded_images", "encoded_scores")
+    assert (result.input_rows, result.scored_rows, result.quarantined_rows) == (6, 2, 4)
+    assert sorted(r[0] for r in spark.table("encoded_scores").select("image_id").collect()) == [
+        "a.jpg", "b.jpg"]
+    _check_scores(spark.table("encoded_scores"), trained["labels"])
+    reasons = {r.image_id: r.reason for r in spark.table("encoded_scores_quarantine").collect()}
+    assert reasons["c.jpg"].startswith("corrupt image")
+    assert reasons["d.txt"].startswith("not an image")
+    assert reasons["e.jpg"] == "missing image" and reasons[None] == "missing image_id"
+
+
+def test_incident_model_cannot_score_images(spark, image_cfg, trained):
+    with pytest.raises(ValueError, match="lacks the columns"):
+        score_images(spark, image_cfg, "digits_quarantine", "x")
+
+
+def test_transfer_learning_loads_local_backbone_weights(spark, cfg, tmp_path):
+    import keras
+    import mlflow
+    c = copy.deepcopy(cfg)
+    c.registry.image_model = "test_transfer"
+    c.train.epochs = 1
+    c.train.batch_size = 32
+    c.images.architecture = "transfer"
+    c.images.backbone = "mobilenet_v2"
+    c.images.augment = True
+    c.images.misclassified_grid = 0
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
+                                              weights=None, pooling="avg")
+    weights = tmp_path / "mobilenet_v2_notop.weights.h5"
+    backbone.save_weights(str(weights))
+    c.images.backbone_weights = str(weights)
+    images.generate(spark, 240, str(tmp_path / "cifar"), "cifar", seed=3, n_classes=3)
+    ingest_images(spark, str(tmp_path / "cifar"), "tiny_cifar", "cifar", (32, 32, 3))
+    result = train_images(spark, c, "tiny_cifar")
+    assert result["labels"] == ["angle_000", "angle_060", "angle_120"]
+    run = mlflow.MlflowClient().get_run(result["run_id"])
+    assert run.data.params["backbone_weights"] == str(weights)
+    assert run.data.params["freeze_backbone"] == "True"
+    model = mlflow.tensorflow.load_model(f"models:/test_transfer/{result['model_version']}")
+    base = next(layer for layer in model.layers if layer.name.startswith("mobilenetv2"))
+    assert all(np.array_equal(a, b) for a, b in zip(base.get_weights(), backbone.get_weights()))
+    assert {"flip", "zoom", "perspective"} <= {layer.name for layer in model.layers}
