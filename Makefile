@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparkeras-installed
 
-.PHONY: run test setup java bench clean spark-sql
+.PHONY: run test setup java bench bench-images clean spark-sql
 
 run: setup
 	$(VENV)/bin/sparkeras demo
@@ -30,6 +30,9 @@ java:
 
 bench: setup
 	$(PY) bench/score_incidents.py
+
+bench-images: setup
+	$(PY) bench/score_images.py
 
 clean:
 	rm -rf .sparkeras

@@ -17,23 +17,13 @@ import argparse
 import json
 import platform
 import statistics
-import sys
-import tempfile
-import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def timed(df) -> float:
-    t = time.perf_counter()
-    df.write.format("noop").mode("overwrite").save()
-    return time.perf_counter() - t
+from _common import bench_session, log, timed, write_results
 
 
 def main() -> None:
@@ -47,19 +37,13 @@ def main() -> None:
     from pyspark.sql.functions import pandas_udf
     from pyspark.sql.types import ArrayType, FloatType
 
-    from sparkeras.config import load_config
     from sparkeras.ingest import ingest_incidents
     from sparkeras.scoring import predict_columns, resolve_model
-    from sparkeras.session import get_spark
     from sparkeras.train import train_incidents
     from sparkeras.workloads import incidents
 
-    state = tempfile.mkdtemp(prefix="sparkeras-bench-")
-    cfg = load_config(None, [f"state_dir={state}", "spark.master=local[2]",
-                             "spark.conf={spark.sql.shuffle.partitions: 2}",
-                             "train.hidden_units=[64, 64]", "train.epochs=2"])
-    spark = get_spark(cfg)
-    log = lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    cfg, spark = bench_session("train.hidden_units=[64, 64]", "train.epochs=2")
+    state = cfg.state_dir
 
     log("training the benchmark model (MLP 64-64-3)")
     src = f"{state}/train_csv"
@@ -148,10 +132,7 @@ def main() -> None:
     if ref:
         out["ratios"] = {f"sparkeras_over_{k}": ref / v["rows_per_s"] for k, v in results.items()
                          if k != "sparkeras"}
-    path = ROOT / "bench" / "results" / f"score_incidents-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nresults written to {path.relative_to(ROOT)}")
+    write_results("score_incidents", out)
     print(json.dumps({"rows": args.rows, **{k: round(v["rows_per_s"]) for k, v in results.items()}}))
 
 

@@ -5,21 +5,12 @@
 
 # COMMAND ----------
 
-from sparkeras.config import load_config
 from sparkeras.ingest import ingest_incidents
+from sparkeras.notebook import start
 from sparkeras.scoring import score_incidents
-from sparkeras.session import get_spark
 from sparkeras.train import train_incidents
 
-def widget(name, default):
-    try:
-        dbutils.widgets.text(name, default)  # noqa: F821 (defined on Databricks)
-        return dbutils.widgets.get(name)  # noqa: F821
-    except NameError:
-        return default
-
-cfg = load_config(widget("conf", "conf/local.yml"))
-spark = get_spark(cfg)
+cfg, spark, widget = start(globals().get("dbutils"))
 source = widget("source", f"{cfg.state_dir}/demo/incidents_csv")
 table = cfg.table_name(widget("table", "incidents"))
 

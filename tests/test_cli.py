@@ -77,3 +77,27 @@ def test_unknown_model_is_a_clear_error(demo_state):
     assert proc.returncode == 1
     assert "sparkeras: error:" in proc.stderr and "no_such_model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_images_from_the_command_line(tmp_path):
+    """generate -> ingest -> train -> score for a photo folder, each in a new process."""
+    state, photos = tmp_path / "state", tmp_path / "photos"
+    summary = json.loads(sparkeras(state, "generate", "images", "--count", "210", "--out",
+                                   str(photos), "--format", "folder", "--classes", "3")
+                         .stdout.strip().splitlines()[-1])
+    assert summary["images"] == 210 and summary["classes"] == ["angle_000", "angle_060", "angle_120"]
+    (photos / "train" / "angle_060" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    size = ["--set", "images.size.folder=[32, 32, 3]"]
+    ingested = json.loads(sparkeras(state, *size, "ingest", "images", "--source", str(photos),
+                                    "--table", "shapes", "--format", "folder").stdout)
+    assert (ingested["input_files"], ingested["valid_rows"], ingested["quarantined_rows"]) == (211, 210, 1)
+    trained = json.loads(sparkeras(state, *size, "--set", "images.architecture=classic_cnn",
+                                   "train", "images", "--table", "shapes", "--epochs", "1",
+                                   "--batch-size", "32").stdout)
+    assert trained["labels"] == ["angle_000", "angle_060", "angle_120"]
+    scored = json.loads(sparkeras(state, "score", "images", "--table", "shapes", "--output",
+                                  "shape_scores").stdout)
+    assert (scored["input_rows"], scored["scored_rows"], scored["quarantined_rows"]) == (210, 210, 0)
+    proc = sparkeras(state, "sql", "SELECT SUM(images) AS n FROM shape_scores_daily", "--format",
+                     "json")
+    assert json.loads(proc.stdout.strip()) == {"n": 210}

@@ -93,6 +93,7 @@ class ScoreConf:
     model_uri: Optional[str] = None    # None: models:/<model>@<champion_alias>
     arrow_batch_rows: int = 50000
     worker_threads: int = 1            # TensorFlow threads in each Python worker
+    predict_chunk_rows: int = 128      # images per forward pass (capped at ~16 MiB of pixels)
 
 
 @dataclass
@@ -157,7 +158,8 @@ _CHOICES = {
     "images.backbone": {"mobilenet_v2", "resnet50_v2", "efficientnet_b0"},
 }
 _POSITIVE = {"train.epochs", "train.batch_size", "train.shuffle_buffer",
-             "score.arrow_batch_rows", "score.worker_threads", "demo.rows",
+             "score.arrow_batch_rows", "score.worker_threads", "score.predict_chunk_rows",
+             "demo.rows",
              "images.decode_batch_rows", "images.shuffle_memory_mb"}
 
 

@@ -1,0 +1,11 @@
+"""Job entry point: `sparkeras score images` with this job's arguments.
+
+Used by the Databricks bundle (spark_python_task) and by spark-submit; all logic lives in
+the library. Example: score_images.py --conf conf/dev.yml ...
+"""
+import sys
+
+from sparkeras.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["score", "images", *sys.argv[1:]]))
