@@ -127,10 +127,13 @@ def test_idx_problems_are_quarantined_per_file(spark, cfg, tmp_path):
     _idx_pair(tmp_path, "t10k", good, [1, 2, 3, 4])               # counts disagree
     (tmp_path / "extra-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x00")
     (tmp_path / "README.md").write_text("MNIST\n")
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(gzip.decompress(
+        (tmp_path / "train-labels-idx1-ubyte.gz").read_bytes()))      # unpacked copy
     result = ingest_images(spark, str(tmp_path), "digits_bad", "idx", (28, 28, 1))
-    # train: 4 images + 1 bad label; t10k: one row for the pair; extra: bad magic; README
+    # train: 4 images + 1 bad label; t10k: one row for the pair; extra: bad magic; README;
+    # the unpacked copy of the train labels
     assert (result.input_files, result.input_rows, result.valid_rows,
-            result.quarantined_rows) == (6, 8, 4, 4)
+            result.quarantined_rows) == (7, 9, 4, 5)
     reasons = {r.image_id: r.reason for r in spark.table("digits_bad_quarantine").collect()}
     assert reasons["train-images-idx3-ubyte.gz#4"] == "label 12 outside the 10 class names (images.class_names)"
     assert reasons["t10k-images-idx3-ubyte.gz"] == (
@@ -139,6 +142,9 @@ def test_idx_problems_are_quarantined_per_file(spark, cfg, tmp_path):
         .replace("images-idx3", "labels-idx1"))
     assert "has 1 dimensions" in reasons["extra-images-idx3-ubyte"]
     assert reasons["README.md"].startswith("not an IDX file name")
+    assert reasons["train-labels-idx1-ubyte.gz"] == (        # the first in path order wins
+        "another labels file with the same name in this folder is used: "
+        "train-labels-idx1-ubyte")
 
 
 def test_cifar_batches_with_meta_and_a_truncated_record(spark, cfg, tmp_path):

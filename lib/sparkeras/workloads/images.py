@@ -216,7 +216,7 @@ def read_idx(spark, source: str, class_names: Sequence[str] = ()):
     """
     files = list_files(spark, source)
     rel = files.rel
-    listing = files.df.select("path", rel.alias("rel")).collect()
+    listing = sorted(files.df.select("path", rel.alias("rel")).collect(), key=lambda r: r.path)
     by_key: dict[tuple[str, str, str], str] = {}
     problems = files.empty_problems()
     for r in listing:
@@ -227,7 +227,12 @@ def read_idx(spark, source: str, class_names: Sequence[str] = ()):
                                           "<name>-labels-idx1-ubyte[.gz])"))
             continue
         folder = r.path.rsplit("/", 1)[0]
-        by_key[(folder, key[0].lower(), key[1])] = r
+        k = (folder, key[0].lower(), key[1])
+        if k in by_key:   # e.g. train-images-idx3-ubyte next to train-images-idx3-ubyte.gz
+            problems.append(_file_problem(r.rel, r.path, f"another {key[1]} file with the same "
+                                          f"name in this folder is used: {by_key[k].rel}"))
+            continue
+        by_key[k] = r
     labels_by_images: dict[str, tuple[str, object]] = {}
     label_rows = {k: v for k, v in by_key.items() if k[2] == "labels"}
     contents = {}
