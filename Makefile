@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparkeras-installed
 
-.PHONY: run test setup java bench bench-images clean spark-sql
+.PHONY: run test setup java bench bench-images bench-train clean spark-sql
 
 run: setup
 	$(VENV)/bin/sparkeras demo
@@ -33,6 +33,9 @@ bench: setup
 
 bench-images: setup
 	$(PY) bench/score_images.py
+
+bench-train: setup
+	$(PY) bench/train_scaling.py
 
 clean:
 	rm -rf .sparkeras

@@ -68,11 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--table", required=True)
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
+    t.add_argument("--workers", type=int, help="0: the driver; N: N barrier tasks")
 
     t = add_parser(tr_sub, "images")
     t.add_argument("--table", required=True)
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
+    t.add_argument("--workers", type=int, help="0: the driver; N: N barrier tasks")
 
     sc = sub.add_parser("score", help="score a table with a registered model")
     sc_sub = sc.add_subparsers(dest="workload", required=True)
@@ -104,6 +106,8 @@ def _overrides(args) -> list[str]:
         extra.append(f"train.epochs={args.epochs}")
     if getattr(args, "batch_size", None) is not None:
         extra.append(f"train.batch_size={args.batch_size}")
+    if getattr(args, "workers", None) is not None:
+        extra.append(f"train.workers={args.workers}")
     return extra
 
 

@@ -81,7 +81,11 @@ class TrainConf:
     hidden_units: list[int] = field(default_factory=lambda: [128, 128])
     learning_rate: float = 0.001
     patience: int = 3
-    strategy: str = "mirrored"         # mirrored | default
+    strategy: str = "mirrored"         # workers 0: mirrored (local GPUs or CPU) | default
+    workers: int = 0                   # 0: train on the driver; N: N Spark barrier tasks
+    max_attempts: int = 3              # barrier stage attempts; each resumes from checkpoint
+    checkpoint_dir: str = "{state_dir}/checkpoints"   # a Volume on Databricks
+    precision: str = "float32"         # float32 | mixed_float16 | mixed_bfloat16
     seed: int = 42
     shuffle_buffer: int = 65536
     cache_dir: str = "{state_dir}/cache"
@@ -154,10 +158,11 @@ _CHOICES = {
     "spark.catalog": {"hive", "in-memory"},
     "tables.format": {"parquet", "delta"},
     "train.strategy": {"mirrored", "default"},
+    "train.precision": {"float32", "mixed_float16", "mixed_bfloat16"},
     "images.architecture": {"auto", "classic_cnn", "folder_cnn", "transfer"},
     "images.backbone": {"mobilenet_v2", "resnet50_v2", "efficientnet_b0"},
 }
-_POSITIVE = {"train.epochs", "train.batch_size", "train.shuffle_buffer",
+_POSITIVE = {"train.epochs", "train.batch_size", "train.shuffle_buffer", "train.max_attempts",
              "score.arrow_batch_rows", "score.worker_threads", "score.predict_chunk_rows",
              "demo.rows",
              "images.decode_batch_rows", "images.shuffle_memory_mb"}
@@ -247,6 +252,9 @@ def _check(cfg: Config, source: str) -> None:
         if len(size) != 3 or min(size[:2]) < 1 or size[2] not in (1, 3):
             raise ConfigError(f"{source}: 'images.size.{fmt}' must be [height, width, channels] "
                               f"with positive sides and 1 or 3 channels, got {size!r}")
+    if cfg.train.workers < 0:
+        raise ConfigError(f"{source}: 'train.workers' must be 0 (the driver) or more, "
+                          f"got {cfg.train.workers}")
     if cfg.images.misclassified_grid < 0:
         raise ConfigError(f"{source}: 'images.misclassified_grid' must be 0 or more")
     if any(u < 1 for u in cfg.train.hidden_units) or not cfg.train.hidden_units:

@@ -11,7 +11,9 @@ def build_mlp(n_features: int, n_classes: int, hidden_units: list[int], learning
     x = inputs
     for i, units in enumerate(hidden_units):
         x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    # float32 probabilities even under a mixed-precision policy
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities",
+                                 dtype="float32")(x)
     model = keras.Model(inputs, outputs, name="root_cause_mlp")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -110,5 +112,16 @@ def build_image_model(shape: tuple[int, int, int], n_classes: int, architecture:
         x = layers.Dropout(0.2, seed=seed, name="dropout")(x)
     else:
         raise ValueError(f"unknown architecture {architecture!r}")
-    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities",
+                           dtype="float32")(x)
     return _compile(keras.Model(inputs, outputs, name=f"image_{architecture}"), learning_rate)
+
+
+def build_from_spec(spec: dict):
+    """Build and compile a model from a JSON-able spec (what barrier workers receive)."""
+    args = {k: v for k, v in spec.items() if k != "kind"}
+    if spec["kind"] == "mlp":
+        return build_mlp(**args)
+    if spec["kind"] == "image":
+        return build_image_model(tuple(args.pop("shape")), **args)
+    raise ValueError(f"unknown model kind {spec['kind']!r}")

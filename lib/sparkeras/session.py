@@ -49,6 +49,9 @@ def session_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
         "spark.driver.memory": "4g",
+        # A barrier stage with more tasks than slots fails at once instead of waiting forever.
+        "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "1",
+        "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "1s",
     }
     conf.update(s.conf)
     return conf

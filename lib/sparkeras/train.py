@@ -7,6 +7,7 @@ what is logged with the model. :func:`train_incidents` and :func:`train_images` 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -14,7 +15,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from . import tracking
 from .config import Config
@@ -27,21 +28,6 @@ def _progress(message: str) -> None:
     print(f"[sparkeras] {message}", file=sys.stderr, flush=True)
 
 
-def progress_callback(total_epochs: int):
-    import keras
-
-    class _Progress(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self._t0 = time.time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            _progress(f"epoch {epoch + 1}/{total_epochs}: loss {logs.get('loss', 0):.4f} "
-                      f"acc {logs.get('accuracy', 0):.4f} val_loss {logs.get('val_loss', 0):.4f} "
-                      f"val_acc {logs.get('val_accuracy', 0):.4f} ({time.time() - self._t0:.1f}s)")
-    return _Progress()
-
-
 @dataclass
 class TrainingJob:
     """What a workload brings to the shared training stage."""
@@ -51,7 +37,7 @@ class TrainingJob:
     labels: list[str]
     data: Any                          # DataFrame: decoder columns, label (int), split
     decoder: Any                       # feed.FeatureDecoder | feed.ImageDecoder
-    build_model: Callable[[], Any]     # called inside strategy.scope()
+    model_spec: dict                   # models.build_from_spec: built in strategy.scope()
     input_name: str
     params: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
@@ -62,7 +48,6 @@ class TrainingJob:
 def train_incidents(spark, cfg: Config, table: str) -> dict:
     """Train the root-cause MLP on the labelled rows of ``table``; log, register, gate."""
     from pyspark.sql import functions as F
-    from .models import build_mlp
     from .workloads import incidents
     tcfg = cfg.train
     features, labels = incidents.FEATURES, incidents.LABELS
@@ -75,8 +60,9 @@ def train_incidents(spark, cfg: Config, table: str) -> dict:
     job = TrainingJob(
         workload=incidents.NAME, table=table, model_name=cfg.registry.incident_model,
         labels=list(labels), data=data, decoder=feed.FeatureDecoder(features),
-        build_model=lambda: build_mlp(len(features), len(labels), tcfg.hidden_units,
-                                      tcfg.learning_rate, tcfg.seed),
+        model_spec={"kind": "mlp", "n_features": len(features), "n_classes": len(labels),
+                    "hidden_units": list(tcfg.hidden_units),
+                    "learning_rate": tcfg.learning_rate, "seed": tcfg.seed},
         input_name="features", params={"hidden_units": json.dumps(tcfg.hidden_units)},
         metadata={"features": list(features)}, shuffle_buffer=tcfg.shuffle_buffer)
     return run_training(spark, cfg, job)
@@ -104,7 +90,7 @@ def image_shape(df, table: str) -> tuple[int, int, int]:
 def train_images(spark, cfg: Config, table: str) -> dict:
     """Train an image classifier on the labelled rows of ``table``; log, register, gate."""
     from pyspark.sql import functions as F
-    from .models import build_image_model, resolve_architecture
+    from .models import resolve_architecture
     from .workloads import images
     tcfg, icfg = cfg.train, cfg.images
     df = spark.table(table).where(F.col(images.LABEL).isNotNull())
@@ -129,9 +115,11 @@ def train_images(spark, cfg: Config, table: str) -> dict:
     job = TrainingJob(
         workload=images.NAME, table=table, model_name=cfg.registry.image_model, labels=labels,
         data=data, decoder=decoder,
-        build_model=lambda: build_image_model(
-            shape, len(labels), arch, tcfg.learning_rate, tcfg.seed, icfg.augment,
-            icfg.backbone, icfg.backbone_weights, icfg.freeze_backbone),
+        model_spec={"kind": "image", "shape": list(shape), "n_classes": len(labels),
+                    "architecture": arch, "learning_rate": tcfg.learning_rate,
+                    "seed": tcfg.seed, "augment": icfg.augment, "backbone": icfg.backbone,
+                    "backbone_weights": icfg.backbone_weights,
+                    "freeze_backbone": icfg.freeze_backbone},
         input_name="image", params=params,
         metadata={"input_shape": list(shape), "architecture": arch},
         shuffle_buffer=shuffle, misclassified_grid=icfg.misclassified_grid)
@@ -146,55 +134,114 @@ def run_training(spark, cfg: Config, job: TrainingJob) -> dict:
     cache_root = str(Path(cfg.train.cache_dir) / f"{job.workload}-{uuid.uuid4().hex[:12]}")
     _progress(f"writing the training cache for {job.table} to {cache_root}")
     try:
-        cache = feed.write_cache(job.data, cache_root)
+        # Several files per split, of near-equal rows: each barrier worker reads its share.
+        cache = feed.write_cache(job.data.repartition(max(2, 2 * cfg.train.workers)), cache_root)
         if min(cache.rows.values()) == 0:
             raise ValueError(f"table {job.table} has too few labelled rows to split: {cache.rows}")
         _progress(f"rows per split: {cache.rows}")
-        return _fit_log_register(cfg, job, cache)
+        return _fit_log_register(spark, cfg, job, cache)
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
 
 
-def _fit_log_register(cfg: Config, job: TrainingJob, cache: feed.Cache) -> dict:
+def _spec(cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str, workers: int) -> dict:
+    """What every training worker needs, as JSON (see training/worker.py)."""
+    tcfg = cfg.train
+    train_files = cache.files("train")
+    pipelines = max(workers, 1)
+    per_pipeline = tcfg.batch_size // pipelines
+    if per_pipeline < 1:
+        raise ValueError(f"train.batch_size {tcfg.batch_size} is smaller than the "
+                         f"{pipelines} workers")
+    rows = feed.parquet_rows(train_files)
+    shard_rows = [sum(rows[i::pipelines]) for i in range(pipelines)]
+    steps = min(shard_rows) // per_pipeline
+    if steps < 1:
+        raise ValueError(f"{min(shard_rows)} training rows per worker are fewer than one batch "
+                         f"of {per_pipeline}: lower train.batch_size or train.workers")
+    return {"model": job.model_spec, "decoder": job.decoder.spec, "train_files": train_files,
+            "val_files": cache.files("validation"), "epochs": tcfg.epochs,
+            "global_batch": per_pipeline * pipelines, "steps_per_epoch": steps,
+            "patience": tcfg.patience, "seed": tcfg.seed, "shuffle_buffer": job.shuffle_buffer,
+            "checkpoint_dir": str(Path(tcfg.checkpoint_dir) / run_key),
+            "output_dir": str(Path(cache.root) / "_output"),
+            "tensorflow": {"intra_op_threads": cfg.tensorflow.intra_op_threads,
+                           "inter_op_threads": cfg.tensorflow.inter_op_threads},
+            "precision": tcfg.precision, "fault": _fault(tcfg.checkpoint_dir, run_key)}
+
+
+def _fault(checkpoint_dir: str, run_key: str) -> Optional[dict]:
+    """Fault injection for drills and tests: ``SPARKERAS_KILL_WORKER=<rank>:<epoch>`` kills
+    that worker's process once, at the start of that epoch (1-based)."""
+    text = os.environ.get("SPARKERAS_KILL_WORKER")
+    if not text:
+        return None
+    rank, epoch = (int(v) for v in text.split(":"))
+    return {"rank": rank, "epoch": epoch - 1,
+            "marker": str(Path(checkpoint_dir) / run_key / "fault-injected")}
+
+
+def _fit(spark, cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str):
+    """Train on the driver (``train.workers: 0``) or on N barrier workers; return the
+    trained model (in this process) and the chief's result."""
+    from .models import build_from_spec
+    from .training import launcher, worker
+    workers = cfg.train.workers
+    spec = _spec(cfg, job, cache, run_key, workers)
+    if workers == 0:
+        import keras
+        tf = configure_tensorflow(cfg.tensorflow.intra_op_threads, cfg.tensorflow.inter_op_threads)
+        previous = keras.mixed_precision.global_policy().name
+        worker.configure_devices(tf, cfg.train.precision)
+        try:
+            strategy = make_strategy(cfg.train.strategy)
+            result, model = worker.run(spec, strategy, 0, 1)
+        finally:   # the dtype policy is process-wide: leave it as it was
+            keras.mixed_precision.set_global_policy(previous)
+        return model, {**result, "attempts": 1, "all_workers": [result]}
+    results = launcher.run_workers(spark, spec, str(Path(cache.root) / "_spec.json"), workers,
+                                   cfg.train.max_attempts, _progress)
+    model = build_from_spec(job.model_spec)
+    model.optimizer.build(model.trainable_variables)  # saved with its slots, as on the workers
+    worker.load_final_weights(model, spec["output_dir"])
+    return model, {**results[0], "all_workers": results}
+
+
+def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -> dict:
     import keras
     import mlflow
     tcfg = cfg.train
     labels = job.labels
-    strategy = make_strategy(tcfg.strategy)
-    with strategy.scope():
-        model = job.build_model()
+    run_key = f"{job.workload}-{uuid.uuid4().hex[:12]}"
     keras.config.disable_interactive_logging()   # no progress bars: we print our own lines
-    train_ds = feed.make_dataset(cache.files("train"), job.decoder, tcfg.batch_size,
-                                 cache.rows["train"], job.shuffle_buffer, tcfg.seed)
-    val_ds = feed.make_dataset(cache.files("validation"), job.decoder, tcfg.batch_size,
-                               cache.rows["validation"])
 
     def test_batches():
         return feed.iter_batches(cache.files("test"), job.decoder, 1024)
 
     params = {"table": job.table, "epochs": tcfg.epochs, "batch_size": tcfg.batch_size,
               "learning_rate": tcfg.learning_rate, "patience": tcfg.patience,
-              "strategy": tcfg.strategy, "replicas": strategy.num_replicas_in_sync,
+              "strategy": tcfg.strategy if tcfg.workers == 0 else "multi_worker_mirrored",
+              "workers": tcfg.workers, "precision": tcfg.precision,
               "shuffle_buffer": job.shuffle_buffer, "split_seed": tcfg.split.seed,
               "split": json.dumps([tcfg.split.train, tcfg.split.validation, tcfg.split.test]),
               "classes": len(labels), **job.params,
               **{f"rows_{k}": v for k, v in cache.rows.items()}}
     with mlflow.start_run() as run:
         mlflow.log_params(params)
-        callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=tcfg.patience,
-                                          restore_best_weights=True),
-            tracking.epoch_logger(),
-            progress_callback(tcfg.epochs),
-        ]
-        t0 = time.time()
-        history = model.fit(train_ds, validation_data=val_ds, epochs=tcfg.epochs,
-                            callbacks=callbacks, shuffle=False, verbose=0)
-        train_seconds = time.time() - t0
-        epochs_run = len(history.history.get("loss", []))
-        mlflow.log_metrics({"train_seconds": train_seconds, "epochs_run": epochs_run,
-                            "train_samples_per_second":
-                                cache.rows["train"] * epochs_run / max(train_seconds, 1e-9)})
+        model, fit = _fit(spark, cfg, job, cache, run_key)
+        history = fit["history"]
+        for i in range(len(history["loss"])):
+            mlflow.log_metrics({k: v[i] for k, v in history.items()}, step=i + 1)
+        epochs_run = fit["epochs_run"]
+        steps = fit["steps_per_epoch"]
+        mlflow.log_params({"replicas": fit["replicas"], "steps_per_epoch": steps,
+                           "global_batch": fit["global_batch"]})
+        trained_epochs = epochs_run - fit["resumed_from_epoch"]
+        mlflow.log_metrics({"train_seconds": fit["train_seconds"], "epochs_run": epochs_run,
+                            "attempts": fit["attempts"],
+                            "resumed_from_epoch": fit["resumed_from_epoch"],
+                            "train_samples_per_second": steps * fit["global_batch"] * trained_epochs
+                            / max(fit["train_seconds"], 1e-9)})
 
         errors: list = []
         test, cm = ev.evaluate_model(model, test_batches(), labels, errors, job.misclassified_grid)
@@ -203,7 +250,7 @@ def _fit_log_register(cfg: Config, job: TrainingJob, cache: feed.Cache) -> dict:
                          "axis": "rows are true labels, columns are predictions"},
                         "evaluation/confusion_matrix.json")
         mlflow.log_figure(ev.plot_confusion(cm, labels), "evaluation/confusion_matrix.png")
-        mlflow.log_figure(ev.plot_history(history.history), "evaluation/training_curves.png")
+        mlflow.log_figure(ev.plot_history(history), "evaluation/training_curves.png")
         if job.misclassified_grid:
             mlflow.log_figure(ev.plot_misclassified(errors, labels),
                               "evaluation/misclassified.png")
@@ -235,7 +282,10 @@ def _fit_log_register(cfg: Config, job: TrainingJob, cache: feed.Cache) -> dict:
 
     return {"run_id": run.info.run_id, "model_name": job.model_name, "model_version": version,
             "became_champion": decision.became_champion, "champion_reason": decision.reason,
-            "epochs_run": epochs_run, "rows": cache.rows, "labels": list(labels),
+            "epochs_run": epochs_run, "workers": tcfg.workers, "attempts": fit["attempts"],
+            "resumed_from_epoch": fit["resumed_from_epoch"],
+            "weights_digests": [w["weights_digest"] for w in fit["all_workers"]],
+            "rows": cache.rows, "labels": list(labels),
             "test_metrics": {k: round(v, 6) if isinstance(v, float) else v
                              for k, v in test.items()},
             "test_confusion_matrix": cm.tolist()}

@@ -76,6 +76,7 @@ class FeatureDecoder:
         self.shape = (len(self.columns),)
         self.dtype = "float32"
         self.row_bytes = 4 * len(self.columns)
+        self.spec = {"kind": "features", "columns": self.columns}
 
     def __call__(self, rb) -> np.ndarray:
         return np.stack([rb.column(c).to_numpy(zero_copy_only=False) for c in self.columns],
@@ -87,12 +88,50 @@ class ImageDecoder:
 
     def __init__(self, shape: Sequence[int], column: str = "image"):
         self.columns = [column]
-        self.shape = tuple(shape)
+        self.shape = tuple(int(v) for v in shape)
         self.dtype = "uint8"
         self.row_bytes = int(np.prod(self.shape))
+        self.spec = {"kind": "image", "shape": list(self.shape), "column": column}
 
     def __call__(self, rb) -> np.ndarray:
         return binary_to_images(rb.column(self.columns[0]), self.shape)
+
+
+def decoder_from_spec(spec: dict):
+    if spec["kind"] == "features":
+        return FeatureDecoder(spec["columns"])
+    return ImageDecoder(spec["shape"], spec.get("column", "image"))
+
+
+def parquet_rows(files: Sequence[str]) -> list[int]:
+    """Row counts of Parquet files, from their footers."""
+    import pyarrow.parquet as pq
+    return [pq.ParquetFile(f).metadata.num_rows for f in files]
+
+
+def shard(files: Sequence[str], index: int, count: int) -> list[str]:
+    """The files input pipeline ``index`` of ``count`` reads (round robin)."""
+    return list(files[index::count])
+
+
+def fixed_steps(files: Sequence[str], decoder, batch_size: int, steps: int,
+                shuffle_buffer: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Exactly ``steps`` full batches from ``files``, cycling through them (with a new
+    shuffle each pass) if they hold fewer rows: every worker runs the same steps."""
+    produced, cycle = 0, 0
+    while produced < steps:
+        before = produced
+        for x, y in iter_batches(files, decoder, batch_size, shuffle_buffer, seed + 7919 * cycle):
+            if len(y) < batch_size:
+                continue
+            yield x, y
+            produced += 1
+            if produced == steps:
+                return
+        if produced == before:
+            raise ValueError(f"{len(files)} training files hold less than one batch of "
+                             f"{batch_size} rows")
+        cycle += 1
 
 
 def binary_to_images(arr, shape: Sequence[int]) -> np.ndarray:

@@ -1,0 +1,150 @@
+"""Run N training workers as one Spark barrier stage, and retry it from the checkpoint.
+
+Each barrier task finds a free port on its host, exchanges ``host:port`` with the other
+tasks (``BarrierTaskContext.allGather``), builds ``TF_CONFIG`` from the gathered list,
+pins ``CUDA_VISIBLE_DEVICES`` to the GPUs Spark assigned it, and starts a fresh Python
+process running :mod:`sparkeras.training.worker`. A worker that dies fails the stage; the
+driver starts a new attempt (up to ``train.max_attempts``), which resumes from the last
+completed epoch's checkpoint.
+
+Barrier stages wait forever for slots they cannot get, so the number of free task slots is
+checked first and a stage that cannot start fails at once with a clear error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Optional
+
+
+class NotEnoughSlots(RuntimeError):
+    """The cluster cannot run the barrier stage's tasks all at once."""
+
+
+class TrainingFailed(RuntimeError):
+    """Every attempt of the barrier stage failed."""
+
+
+def free_port(host: str = "") -> int:
+    """A TCP port that is free on this host now (the OS picks it: no two tasks collide)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def tf_config(addresses: list[str], index: int) -> str:
+    return json.dumps({"cluster": {"worker": list(addresses)},
+                       "task": {"type": "worker", "index": index}})
+
+
+def gpu_environment(resources: dict) -> dict[str, str]:
+    """Environment for a task from its Spark resources (``TaskContext.resources()``):
+    ``CUDA_VISIBLE_DEVICES`` lists the GPU addresses Spark assigned, and nothing else is
+    visible; a task without GPUs sees none (``-1``) rather than every GPU of the host."""
+    gpu = resources.get("gpu")
+    addresses = list(getattr(gpu, "addresses", gpu or []))
+    return {"CUDA_VISIBLE_DEVICES": ",".join(addresses) if addresses else "-1"}
+
+
+def available_slots(spark) -> int:
+    """Tasks the cluster can run at once for the default resource profile."""
+    sc = spark.sparkContext
+    try:
+        jsc = sc._jsc.sc()
+        profile = jsc.resourceProfileManager().defaultResourceProfile()
+        return int(jsc.maxNumConcurrentTasks(profile))
+    except Exception:  # not every deployment exposes it: fall back to the cores
+        cpus = int(sc.getConf().get("spark.task.cpus", "1"))
+        return sc.defaultParallelism // max(cpus, 1)
+
+
+def check_slots(spark, n_workers: int) -> None:
+    slots = available_slots(spark)
+    if slots < n_workers:
+        raise NotEnoughSlots(
+            f"train.workers={n_workers} needs {n_workers} task slots at once (one barrier "
+            f"task per worker), but this cluster has {slots}: lower train.workers, or add "
+            f"executors/cores (spark.task.cpus and spark.task.resource.gpu.amount count too)")
+
+
+def _die_with_parent() -> None:
+    """In the worker process: be killed when the Spark Python worker that started it dies
+    (Spark kills the tasks of a failed barrier stage; no orphan may keep training)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the stage's failure still surfaces, the orphan times out
+
+
+def _barrier_task(spec_path: str, python: str, env_extra: dict):
+    """The function each barrier task runs (shipped to executors by cloudpickle)."""
+    def task(_):
+        from pyspark import BarrierTaskContext
+        ctx = BarrierTaskContext.get()
+        rank = ctx.partitionId()
+        host = ctx.getTaskInfos()[rank].address.rsplit(":", 1)[0]
+        port = free_port()
+        addresses = ctx.allGather(f"{host}:{port}")
+        env = {**os.environ, **env_extra, **gpu_environment(ctx.resources()),
+               "TF_CONFIG": tf_config(addresses, rank)}
+        proc = subprocess.run([python, "-m", "sparkeras.training.worker", spec_path], env=env,
+                              preexec_fn=_die_with_parent)
+        if proc.returncode != 0:
+            raise RuntimeError(f"training worker {rank} exited with code {proc.returncode}")
+        ctx.barrier()
+        yield rank
+    return task
+
+
+def run_workers(spark, spec: dict, spec_path: str, n_workers: int, max_attempts: int,
+                log=print) -> list[dict]:
+    """Run the barrier stage until it succeeds (at most ``max_attempts`` times); return the
+    workers' results, each with ``attempts``."""
+    check_slots(spark, n_workers)
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    env_extra = {"PYTHONUNBUFFERED": "1",
+                 "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    rdd = spark.sparkContext.parallelize(range(n_workers), n_workers)
+    task = _barrier_task(spec_path, sys.executable, env_extra)
+    last_error: Optional[BaseException] = None
+    for attempt in range(1, max_attempts + 1):
+        from .loop import read_state
+        state = read_state(spec.get("checkpoint_dir"))
+        done = state["epochs_done"] if state else 0
+        log(f"training attempt {attempt}/{max_attempts} on {n_workers} barrier worker(s)"
+            + (f", resuming after epoch {done}" if done else ""))
+        started = time.time()
+        try:
+            rdd.barrier().mapPartitions(task).collect()
+        except Exception as exc:  # a worker died: Spark failed the whole barrier stage
+            last_error = exc
+            log(f"attempt {attempt} failed after {time.time() - started:.1f}s: "
+                f"{_first_line(exc)}")
+            continue
+        results = []
+        for rank in range(n_workers):
+            path = os.path.join(spec["output_dir"], f"result-{rank}.json")
+            with open(path) as f:
+                results.append({**json.load(f), "attempts": attempt})
+        return results
+    raise TrainingFailed(f"training failed in all {max_attempts} attempts; last error: "
+                         f"{_first_line(last_error)}")
+
+
+def _first_line(exc: Optional[BaseException]) -> str:
+    text = str(exc) if exc is not None else ""
+    for line in text.splitlines():
+        if line.startswith(("RuntimeError:", "NotEnoughSlots", "org.apache.spark.scheduler.")):
+            return line.strip()[:300]
+    for line in text.splitlines():
+        if "Error" in line or "Exception" in line:
+            return line.strip()[:300]
+    return text.splitlines()[0][:300] if text else type(exc).__name__
