@@ -80,7 +80,8 @@ def test_unknown_model_is_a_clear_error(demo_state):
 
 
 def test_images_from_the_command_line(tmp_path):
-    """generate -> ingest -> train -> score for a photo folder, each in a new process."""
+    """generate -> ingest -> train (2 barrier workers) -> score for a photo folder, each in a
+    new process."""
     state, photos = tmp_path / "state", tmp_path / "photos"
     summary = json.loads(sparkeras(state, "generate", "images", "--count", "210", "--out",
                                    str(photos), "--format", "folder", "--classes", "3")
@@ -93,8 +94,9 @@ def test_images_from_the_command_line(tmp_path):
     assert (ingested["input_files"], ingested["valid_rows"], ingested["quarantined_rows"]) == (211, 210, 1)
     trained = json.loads(sparkeras(state, *size, "--set", "images.architecture=classic_cnn",
                                    "train", "images", "--table", "shapes", "--epochs", "1",
-                                   "--batch-size", "32").stdout)
+                                   "--batch-size", "32", "--workers", "2").stdout)
     assert trained["labels"] == ["angle_000", "angle_060", "angle_120"]
+    assert trained["workers"] == 2 and len(set(trained["weights_digests"])) == 1
     scored = json.loads(sparkeras(state, "score", "images", "--table", "shapes", "--output",
                                   "shape_scores").stdout)
     assert (scored["input_rows"], scored["scored_rows"], scored["quarantined_rows"]) == (210, 210, 0)

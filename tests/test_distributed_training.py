@@ -86,3 +86,13 @@ def test_tf_config_ports_and_gpu_pinning():
             self.addresses = addresses
     assert launcher.gpu_environment({"gpu": Resource(["2", "3"])}) == {"CUDA_VISIBLE_DEVICES": "2,3"}
     assert launcher.gpu_environment({}) == {"CUDA_VISIBLE_DEVICES": "-1"}
+
+
+def test_mixed_precision_on_the_driver_leaves_the_policy_as_it_was(spark, dist_cfg):
+    import keras
+    c = copy.deepcopy(dist_cfg)
+    c.train.precision = "mixed_bfloat16"
+    c.registry.incident_model = "dist_bf16"
+    result = _train(spark, c, 0)
+    assert result["test_metrics"]["accuracy"] > 0.8
+    assert keras.mixed_precision.global_policy().name == "float32"
