@@ -57,7 +57,7 @@ def feed_throughput(data, decoder, batch: int, shuffle: int, root: str, repeats:
     """The training feed against an in-memory numpy feed of the same rows."""
     import tensorflow as tf
     from sparkeras.training import feed
-    cache = feed.write_cache(data.repartition(4), root)
+    cache = feed.write_cache(data, root)
     files = cache.files("train")
     rows = cache.rows["train"]
     steps = rows // batch

@@ -56,7 +56,7 @@ def train_incidents(spark, cfg: Config, table: str) -> dict:
     data = (feed.assign_split(df, incidents.ID, tcfg.split.train, tcfg.split.validation,
                               tcfg.split.seed)
             .select(*[F.col(c).cast("float").alias(c) for c in features],
-                    label_index.cast("int").alias("label"), "split"))
+                    label_index.cast("int").alias("label"), "split", feed.BUCKET))
     job = TrainingJob(
         workload=incidents.NAME, table=table, model_name=cfg.registry.incident_model,
         labels=list(labels), data=data, decoder=feed.FeatureDecoder(features),
@@ -104,7 +104,7 @@ def train_images(spark, cfg: Config, table: str) -> dict:
     data = feed.assign_split(df.withColumnRenamed("split", "source_split"), images.ID,
                              tcfg.split.train, tcfg.split.validation, tcfg.split.seed,
                              source_split="source_split")
-    data = data.select("image", label_index.cast("int").alias("label"), "split")
+    data = data.select("image", label_index.cast("int").alias("label"), "split", feed.BUCKET)
     decoder = feed.ImageDecoder(shape)
     shuffle = max(1, min(tcfg.shuffle_buffer, (icfg.shuffle_memory_mb << 20) // decoder.row_bytes))
     params = {"architecture": arch, "image_shape": json.dumps(list(shape)),
@@ -135,7 +135,7 @@ def run_training(spark, cfg: Config, job: TrainingJob) -> dict:
     _progress(f"writing the training cache for {job.table} to {cache_root}")
     try:
         # Several files per split, of near-equal rows: each barrier worker reads its share.
-        cache = feed.write_cache(job.data.repartition(max(2, 2 * cfg.train.workers)), cache_root)
+        cache = feed.write_cache(job.data, cache_root, files=max(2, 2 * cfg.train.workers))
         if min(cache.rows.values()) == 0:
             raise ValueError(f"table {job.table} has too few labelled rows to split: {cache.rows}")
         _progress(f"rows per split: {cache.rows}")

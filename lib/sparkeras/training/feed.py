@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 SPLITS = ("train", "validation", "test")
+BUCKET = "_bucket"     # the id's hash bucket (0..9999), added by assign_split
 
 
 def assign_split(df, id_col: str, train: float, validation: float, seed: int,
@@ -40,6 +41,7 @@ def assign_split(df, id_col: str, train: float, validation: float, seed: int,
     t1 = int(round(train * 10000))
     t2 = int(round((train + validation) * 10000))
     split = F.when(bucket < t1, "train").when(bucket < t2, "validation").otherwise("test")
+    df = df.withColumn(BUCKET, bucket.cast("int"))
     if source_split is not None:
         t_train = int(round(train / (train + validation) * 10000))
         src = F.col(source_split)
@@ -59,9 +61,19 @@ class Cache:
         return sorted(glob.glob(os.path.join(self.root, f"split={split}", "*.parquet")))
 
 
-def write_cache(data, root: str) -> Cache:
-    """Write ``data`` (model input columns, ``label`` int, ``split``) as
-    ``root/split=<s>/*.parquet`` and count the rows of each split."""
+def write_cache(data, root: str, files: Optional[int] = None) -> Cache:
+    """Write ``data`` (model input columns, ``label`` int, ``split``, optionally
+    :data:`BUCKET`) as ``root/split=<s>/*.parquet`` and count the rows of each split.
+
+    With ``files``, each split is written as that many files of near-equal rows (barrier
+    workers read whole files), spread by the hash bucket. Never by round robin: Spark
+    sorts rows before a round-robin repartition, which would leave every file ordered by
+    feature values and label, and a shuffle buffer cannot undo that.
+    """
+    if files and BUCKET in data.columns:
+        data = data.repartition(files, BUCKET)
+    if BUCKET in data.columns:
+        data = data.drop(BUCKET)
     data.write.mode("overwrite").partitionBy("split").parquet(root)
     counts = {r["split"]: r["count"] for r in
               data.sparkSession.read.parquet(root).groupBy("split").count().collect()}
