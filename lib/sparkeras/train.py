@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import sys
-import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
