@@ -36,12 +36,15 @@ class IngestResult:
                 "quarantine_table": self.quarantine_table, "batch_id": self.batch_id}
 
 
-def source_batch_id(spark, source: str, recursive: bool = False) -> str:
-    """A stable id for the files behind ``source``: same files, same id."""
-    reader = spark.read.format("binaryFile")
-    if recursive:
-        reader = reader.option("recursiveFileLookup", "true")
-    listing = reader.load(source).select("path", "length", "modificationTime").collect()
+def source_batch_id(spark, source: str, recursive: bool = False, files=None) -> str:
+    """A stable id for the files behind ``source``: same files, same id. ``files`` is a
+    ``binaryFile`` DataFrame of them when the caller has one already."""
+    if files is None:
+        reader = spark.read.format("binaryFile")
+        if recursive:
+            reader = reader.option("recursiveFileLookup", "true")
+        files = reader.load(source)
+    listing = files.select("path", "length", "modificationTime").collect()
     if not listing:
         raise FileNotFoundError(f"no input files match {source}")
     h = hashlib.sha1()
@@ -136,13 +139,14 @@ def ingest_images(spark, source: str, table: str, fmt: str, size: Sequence[int],
     if fmt not in images.FORMATS:
         raise ValueError(f"unknown image format {fmt!r}; expected one of {list(images.FORMATS)}")
     height, width, channels = size
-    batch_id = batch_id or source_batch_id(spark, source, recursive=True)
-    input_files = len(images.list_files(spark, source).paths)
+    files = images.list_files(spark, source)          # listed once, for all that follows
+    batch_id = batch_id or source_batch_id(spark, source, files=files.df)
+    input_files = len(files.paths)
     qtable = tables.quarantine_name(table)
     now = F.current_timestamp()
     rows = images.decode_batch_rows(height, width, channels, decode_batch_rows)
     with temporary_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": rows}):
-        records = images.read_raw(spark, source, fmt, class_names, labeled)
+        records = images.read_raw(spark, source, fmt, class_names, labeled, files)
         converted = images.to_tensors(records, height, width, channels)
         converted = _mark_ids_seen_elsewhere(spark, converted, table, batch_id, images.ID,
                                              images.ID)

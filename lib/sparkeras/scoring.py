@@ -180,11 +180,11 @@ def images_to_array(images: pd.Series, heights, widths, channels, shape: Sequenc
     h, w, c = (int(v) for v in shape)
     size = h * w * c
     lengths = np.fromiter((len(v) if v is not None else -1 for v in images), np.int64, n)
-    fast = (lengths == size)
-    if heights is not None:
-        fast &= (heights.to_numpy() == h) & (widths.to_numpy() == w) & (channels.to_numpy() == c)
+    if heights is None:          # encoded images: every row is decoded
+        fast = np.zeros(n, dtype=bool)
     else:
-        fast &= False
+        fast = ((lengths == size) & (heights.to_numpy() == h) & (widths.to_numpy() == w)
+                & (channels.to_numpy() == c))
     if fast.all():
         return fmt_.stack_raw(images.tolist(), (h, w, c)), np.arange(n), None
     reasons: list[Optional[str]] = [None] * n

@@ -206,7 +206,8 @@ def _file_problem(rel: str, path: str, reason: str) -> dict:
             "reason": reason}
 
 
-def read_idx(spark, source: str, class_names: Sequence[str] = ()):
+def read_idx(spark, source: str, class_names: Sequence[str] = (),
+             files: Optional[SourceFiles] = None):
     """IDX image/label file pairs (``<prefix>-images-idx3-ubyte[.gz]`` with
     ``<prefix>-labels-idx1-ubyte[.gz]`` in the same folder) -> records.
 
@@ -214,7 +215,7 @@ def read_idx(spark, source: str, class_names: Sequence[str] = ()):
     file is parsed by one Spark task. An images file without a labels file gives
     unlabelled records. Files that are not an IDX pair member are quarantined.
     """
-    files = list_files(spark, source)
+    files = files or list_files(spark, source)
     rel = files.rel
     listing = sorted(files.df.select("path", rel.alias("rel")).collect(), key=lambda r: r.path)
     by_key: dict[tuple[str, str, str], str] = {}
@@ -292,10 +293,11 @@ def _cifar_records(path, rel, content, class_names):
         yield _records([row])
 
 
-def read_cifar(spark, source: str, class_names: Sequence[str] = ()):
+def read_cifar(spark, source: str, class_names: Sequence[str] = (),
+             files: Optional[SourceFiles] = None):
     """CIFAR-10 binary batches (``*.bin``) -> records; class names from
     ``batches.meta.txt`` when present, else ``class_names``, else "0".."9"."""
-    files = list_files(spark, source)
+    files = files or list_files(spark, source)
     rel = files.rel
     listing = files.df.select("path", rel.alias("rel")).collect()
     metas = [r for r in listing if r.rel.rsplit("/", 1)[-1].lower() == CIFAR_META]
@@ -322,7 +324,7 @@ def read_cifar(spark, source: str, class_names: Sequence[str] = ()):
 
 
 # ------------------------------------------------------------------------------- folder
-def read_folder(spark, source: str, labeled: bool = True):
+def read_folder(spark, source: str, labeled: bool = True, files: Optional[SourceFiles] = None):
     """A tree of encoded images: ``[train|test|validation/]<class>/<file>`` -> records.
 
     Read with Spark's ``binaryFile`` source (files are never listed in a Python loop).
@@ -330,7 +332,7 @@ def read_folder(spark, source: str, labeled: bool = True):
     when ``labeled`` is false. Every file becomes a record; decoding comes later.
     """
     from pyspark.sql import functions as F
-    files = list_files(spark, source)
+    files = files or list_files(spark, source)
     rel = files.rel
     parts = F.split(rel, "/")
     first = F.lower(F.element_at(parts, 1))
@@ -353,14 +355,16 @@ def read_folder(spark, source: str, labeled: bool = True):
     return records
 
 
-def read_raw(spark, source: str, fmt: str, class_names: Sequence[str] = (), labeled: bool = True):
-    """Records of ``source`` in format ``fmt``: see :data:`RECORD_SCHEMA`."""
+def read_raw(spark, source: str, fmt: str, class_names: Sequence[str] = (), labeled: bool = True,
+             files: Optional[SourceFiles] = None):
+    """Records of ``source`` in format ``fmt``: see :data:`RECORD_SCHEMA`. ``files`` is its
+    listing when the caller has made it already."""
     if fmt == "idx":
-        df = read_idx(spark, source, class_names)
+        df = read_idx(spark, source, class_names, files)
     elif fmt == "cifar":
-        df = read_cifar(spark, source, class_names)
+        df = read_cifar(spark, source, class_names, files)
     elif fmt == "folder":
-        df = read_folder(spark, source, labeled)
+        df = read_folder(spark, source, labeled, files)
     else:
         raise ValueError(f"unknown image format {fmt!r}; expected one of {list(FORMATS)}")
     if not labeled:
