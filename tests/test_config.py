@@ -78,14 +78,16 @@ def test_databricks_target_configs_validate(env):
     assert cfg.state_dir.startswith("/Volumes/")
 
 
-def test_bundle_passes_arguments_the_cli_accepts():
-    import yaml
-    from sparkeras.cli import build_parser
-    bundle = yaml.safe_load((ROOT / "databricks.yml").read_text())
-    tasks = bundle["resources"]["jobs"]["incidents_pipeline"]["tasks"]
-    for task in tasks:
-        params = [p.replace("${bundle.target}", "dev") for p in task["python_wheel_task"]["parameters"]]
-        args = build_parser().parse_args(params)
-        assert args.command in {"ingest", "train", "score"}
-        conf_path = params[params.index("--conf") + 1].split("/conf/")[-1]
-        assert (ROOT / "conf" / conf_path).is_file()
+def test_catalog_and_schema_fill_every_unity_catalog_name():
+    cfg = load_config(str(ROOT / "conf" / "prod.yml"), ["catalog=analytics", "schema=ops"])
+    assert cfg.tables.database == "analytics.ops"
+    assert cfg.table_name("incidents") == "analytics.ops.incidents"
+    assert cfg.registry.incident_model == "analytics.ops.incident_root_cause"
+    assert cfg.registry.image_model == "analytics.ops.image_classifier"
+    assert cfg.state_dir == "/Volumes/analytics/ops/state"
+    assert cfg.train.checkpoint_dir == "/Volumes/analytics/ops/state/checkpoints"
+
+
+def test_a_placeholder_without_its_value_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"'tables.database' uses \{schema\} but 'schema' is not set"):
+        load_config(None, ["catalog=main", "tables.database='{catalog}.{schema}'"])

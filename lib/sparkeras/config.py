@@ -6,7 +6,10 @@ overrides. Every section is a dataclass; loading checks every key and type and r
 Environment differences (local vs Databricks) live in these files, never in library code.
 
 The string ``{state_dir}`` inside any string value is replaced by the absolute state folder,
-so one setting moves the warehouse, metastore, MLflow store and caches together.
+so one setting moves the warehouse, metastore, MLflow store and caches together. Likewise
+``{catalog}`` and ``{schema}`` are replaced by the top-level ``catalog``/``schema`` settings, so
+a Databricks bundle passes its Unity Catalog names once (``--set catalog=...``) and every
+table, model name and Volume path follows.
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ class TrainConf:
     max_attempts: int = 3              # barrier stage attempts; each resumes from checkpoint
     checkpoint_dir: str = "{state_dir}/checkpoints"   # a Volume on Databricks
     precision: str = "float32"         # float32 | mixed_float16 | mixed_bfloat16
+    feed: str = "arrow"                # arrow (pyarrow reads the cache) | petastorm (Spark 3.5)
     seed: int = 42
     shuffle_buffer: int = 65536
     cache_dir: str = "{state_dir}/cache"
@@ -134,6 +138,8 @@ class DemoConf:
 @dataclass
 class Config:
     state_dir: str = ".sparkeras"
+    catalog: Optional[str] = None    # Unity Catalog names for {catalog}/{schema} placeholders
+    schema: Optional[str] = None
     spark: SparkConf = field(default_factory=SparkConf)
     tables: TablesConf = field(default_factory=TablesConf)
     mlflow: MlflowConf = field(default_factory=MlflowConf)
@@ -159,6 +165,7 @@ _CHOICES = {
     "tables.format": {"parquet", "delta"},
     "train.strategy": {"mirrored", "default"},
     "train.precision": {"float32", "mixed_float16", "mixed_bfloat16"},
+    "train.feed": {"arrow", "petastorm"},
     "images.architecture": {"auto", "classic_cnn", "folder_cnn", "transfer"},
     "images.backbone": {"mobilenet_v2", "resnet50_v2", "efficientnet_b0"},
 }
@@ -268,20 +275,38 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def _resolve_paths(cfg: Config) -> None:
-    state = str(Path(cfg.state_dir).expanduser().resolve())
-    cfg.state_dir = state
+_NAME_PLACEHOLDERS = ("catalog", "schema")
 
-    def subst(obj: Any) -> None:
+
+def _resolve_paths(cfg: Config, source: str) -> None:
+    """Replace ``{catalog}``/``{schema}`` and then ``{state_dir}`` in every string value."""
+    names = {f"{{{n}}}": getattr(cfg, n) for n in _NAME_PLACEHOLDERS}
+
+    def fill(text: str, key: str) -> str:
+        for placeholder, value in names.items():
+            if placeholder in text:
+                if not value:
+                    raise ConfigError(f"{source}: '{key}' uses {placeholder} but "
+                                      f"'{placeholder[1:-1]}' is not set")
+                text = text.replace(placeholder, value)
+        return text
+
+    def walk(obj: Any, prefix: str, state: Optional[str]) -> None:
         for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
+            v, key = getattr(obj, f.name), prefix + f.name
             if isinstance(v, str):
-                setattr(obj, f.name, v.replace("{state_dir}", state))
+                v = fill(v, key)
+                setattr(obj, f.name, v if state is None else v.replace("{state_dir}", state))
             elif isinstance(v, dict):
-                setattr(obj, f.name, {k: s.replace("{state_dir}", state) for k, s in v.items()})
+                setattr(obj, f.name, {
+                    k: (fill(s, f"{key}.{k}") if state is None else s.replace("{state_dir}", state))
+                    for k, s in v.items()})
             elif dataclasses.is_dataclass(v):
-                subst(v)
-    subst(cfg)
+                walk(v, key + ".", state)
+
+    walk(cfg, "", None)
+    cfg.state_dir = str(Path(cfg.state_dir).expanduser().resolve())
+    walk(cfg, "", cfg.state_dir)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -323,7 +348,7 @@ def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()
             nested = {k: nested}
         cfg = _build(Config, nested, "", f"--set {text}", cfg)
     _check(cfg, str(path) if path else "defaults")
-    _resolve_paths(cfg)
+    _resolve_paths(cfg, str(path) if path else "defaults")
     return cfg
 
 
