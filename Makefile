@@ -4,7 +4,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparkeras-installed
 
-.PHONY: run test setup java bench bench-images bench-train clean spark-sql
+# The Spark 3.5 mirror of Databricks LTS ML runtimes (pyspark 3.5, pyarrow 14, numpy 1.26,
+# petastorm): a second virtual environment, the same tests.
+COMPAT_VENV  ?= .venv-compat
+COMPAT_PY    := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.sparkeras-installed
+
+.PHONY: run test test-compat setup setup-compat java bench bench-images bench-train bench-feeds clean spark-sql
 
 run: setup
 	$(VENV)/bin/sparkeras demo
@@ -12,7 +18,12 @@ run: setup
 test: setup
 	$(PY) -m pytest tests
 
+test-compat: setup-compat
+	$(COMPAT_PY) -m pytest tests
+
 setup: java $(STAMP)
+
+setup-compat: java $(COMPAT_STAMP)
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +31,13 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m pip check
 	touch $(STAMP)
+
+$(COMPAT_STAMP): setup.py constraints-compat.txt
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install -q --upgrade pip setuptools wheel
+	$(COMPAT_PY) -m pip install -q -c constraints-compat.txt -e ".[dev,petastorm]"
+	$(COMPAT_PY) -m pip check
+	touch $(COMPAT_STAMP)
 
 # Spark needs a Java 17 runtime; install Debian's when none is on PATH.
 java:
@@ -36,6 +54,10 @@ bench-images: setup
 
 bench-train: setup
 	$(PY) bench/train_scaling.py
+
+# The training feeds side by side on the Spark 3.5 stack: sparkeras' Arrow reader vs petastorm.
+bench-feeds: setup-compat
+	$(COMPAT_PY) bench/train_scaling.py --feeds arrow,petastorm --workers 0,2
 
 clean:
 	rm -rf .sparkeras

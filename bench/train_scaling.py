@@ -29,18 +29,21 @@ import numpy as np
 from _common import bench_session, log, write_results
 
 
-def train_throughput(spark, cfg, table: str, train_fn, workers_list, epochs: int) -> dict:
+def train_throughput(spark, cfg, table: str, train_fn, workers_list, epochs: int,
+                     feed_name: str = "arrow") -> dict:
     import mlflow
     out = {}
     for workers in workers_list:
         c = copy.deepcopy(cfg)
+        c.train.feed = feed_name
         c.train.workers = workers
         c.train.epochs = epochs
         c.train.patience = epochs
         # one TF thread per barrier worker (two workers share the 2 cores); the driver gets both
         threads = 1 if workers >= 2 else 2
         c.tensorflow.intra_op_threads = threads
-        log(f"{table}: training with train.workers={workers} ({threads} TF threads each)")
+        log(f"{table}: training with train.workers={workers}, train.feed={feed_name} "
+            f"({threads} TF threads each)")
         t = time.perf_counter()
         result = train_fn(spark, c, table)
         wall = time.perf_counter() - t
@@ -89,6 +92,14 @@ def feed_throughput(data, decoder, batch: int, shuffle: int, root: str, repeats:
     return out
 
 
+def stack_versions() -> dict:
+    import pyarrow
+    import pyspark
+    import tensorflow
+    return {"pyspark": pyspark.__version__, "pyarrow": pyarrow.__version__,
+            "numpy": np.__version__, "tensorflow": tensorflow.__version__}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--incidents", type=int, default=200_000)
@@ -96,6 +107,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--feeds", default="arrow",
+                    help="training feeds to compare, e.g. arrow,petastorm (Spark 3.5 stack)")
     args = ap.parse_args()
 
     from pyspark.sql import functions as F
@@ -115,12 +128,14 @@ def main() -> None:
     images.generate(spark, args.images, f"{state}/idx", "idx", seed=3)
     ingest_images(spark, f"{state}/idx", "bench_images", "idx", (28, 28, 1))
 
-    results = {
-        "incident_mlp": train_throughput(spark, cfg, "default.bench_incidents", train_incidents,
-                                         workers_list, args.epochs),
-        "image_cnn_28x28": train_throughput(spark, cfg, "default.bench_images", train_images,
-                                            workers_list, args.epochs),
-    }
+    results = {}
+    feeds = args.feeds.split(",")
+    for name in feeds:
+        suffix = "" if feeds == ["arrow"] else f"_{name}"
+        results["incident_mlp" + suffix] = train_throughput(
+            spark, cfg, "default.bench_incidents", train_incidents, workers_list, args.epochs, name)
+        results["image_cnn_28x28" + suffix] = train_throughput(
+            spark, cfg, "default.bench_images", train_images, workers_list, args.epochs, name)
     log("input pipelines")
     inc = spark.table("bench_incidents").select(
         *[F.col(c).cast("float").alias(c) for c in incidents.FEATURES],
@@ -134,7 +149,7 @@ def main() -> None:
     out = {"benchmark": "train_scaling", "master": "local[2]", "cpus": os.cpu_count(),
            "epochs": args.epochs, "batch_size": 512,
            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "python": platform.python_version(), "results": results}
+           "python": platform.python_version(), "stack": stack_versions(), "results": results}
     write_results("train_scaling", out)
     print(json.dumps({k: ({w: round(r["samples_per_s"]) for w, r in v.items()}
                           if not k.startswith("feed") else round(v["ratio"], 2))

@@ -1,4 +1,5 @@
 """Batch writes replace exactly the named batches, also when a batch becomes empty."""
+import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from sparkeras.tables import write_batches
@@ -27,3 +28,15 @@ def test_rows_outside_the_named_batches_are_refused(spark):
     import pytest
     with pytest.raises(ValueError, match="not named"):
         write_batches(spark, rows(spark, [(1, "z")]), "tb_refuse", "batch", ["a"], "parquet")
+
+
+def test_delta_replace_where_selects_exactly_the_named_batches(spark):
+    from sparkeras.tables import replace_where
+    cond = replace_where("batch_id", ["2026-11-21", "o'hara\\x", "2026-11-21"])
+    assert cond == "`batch_id` IN ('2026-11-21', 'o\\'hara\\\\x')"
+    # The predicate means the same to Spark's SQL parser: it keeps exactly those batches.
+    rows = [("2026-11-21",), ("o'hara\\x",), ("2026-11-20",), ("o'hara",)]
+    kept = spark.createDataFrame(rows, "batch_id string").where(cond)
+    assert sorted(r[0] for r in kept.collect()) == ["2026-11-21", "o'hara\\x"]
+    with pytest.raises(ValueError, match="at least one batch id"):
+        replace_where("batch_id", [])

@@ -3,6 +3,7 @@ import copy
 import json
 
 import pytest
+from pyspark.sql import functions as F
 from mlflow import MlflowClient
 
 from sparkeras.ingest import ingest_incidents
@@ -108,3 +109,28 @@ def test_missing_feature_column_is_a_clear_error(trained, spark, cfg):
     spark.createDataFrame([(1, 0)], "ID int, CPU_LOAD int").write.mode("overwrite").saveAsTable("tr_thin")
     with pytest.raises(ValueError, match=r"lacks the model's input columns \['MEMORY_LEAK_LOAD'"):
         score_incidents(spark, cfg, "default.tr_thin", "default.tr_thin_scores")
+
+
+def test_daily_scoring_scores_only_the_named_ingest_batch(trained, spark, cfg, tmp_path):
+    """The daily job: each day's exports are ingested as batch <day> and only that batch is
+    scored; other days' scores stay as they were, and rerunning a day replaces it."""
+    days = {"2026-11-20": 40, "2026-11-21": 25}
+    for seed, (day, n) in enumerate(days.items()):
+        incidents.generate(spark, n, seed=100 + seed, labeled=False).withColumn(
+            "ID", F.col("ID") + 10_000 * (seed + 1)       # IDs unique across the days
+        ).toPandas().to_csv(tmp_path / f"{day}.csv", index=False)
+        ingest_incidents(spark, str(tmp_path / f"{day}.csv"), "tr_daily", "csv", batch_id=day)
+    first = score_incidents(spark, cfg, "default.tr_daily", "default.tr_daily_scores",
+                            input_batches=["2026-11-20"])
+    assert (first.input_rows, first.scored_rows, first.batch_ids) == (40, 40, ["2026-11-20"])
+    second = score_incidents(spark, cfg, "default.tr_daily", "default.tr_daily_scores",
+                             input_batches=["2026-11-21"])
+    assert (second.input_rows, second.scored_rows, second.batch_ids) == (25, 25, ["2026-11-21"])
+    again = score_incidents(spark, cfg, "default.tr_daily", "default.tr_daily_scores",
+                            input_batches=["2026-11-21"])
+    assert again.scored_rows == 25
+    per_batch = {r[0]: r[1] for r in spark.table("tr_daily_scores").groupBy("batch_id").count().collect()}
+    assert per_batch == days
+    spark.table("tr_daily").drop("ingest_batch_id").write.mode("overwrite").saveAsTable("tr_nobatch")
+    with pytest.raises(ValueError, match="has no ingest_batch_id column"):
+        score_incidents(spark, cfg, "default.tr_nobatch", "default.tr_x", input_batches=["d"])

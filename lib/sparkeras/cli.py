@@ -14,14 +14,23 @@ from typing import Optional, Sequence
 from .config import ConfigError, default_config_path, load_config
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sparkeras", description=__doc__.splitlines()[0])
+class _StrictParser(argparse.ArgumentParser):
+    """Raises ArgumentError-like ValueErrors instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise ValueError(f"{self.prog}: {message}")
+
+
+def build_parser(strict: bool = False) -> argparse.ArgumentParser:
+    """The CLI's parser; ``strict`` parsers raise ValueError instead of exiting."""
+    cls = _StrictParser if strict else argparse.ArgumentParser
+    p = cls(prog="sparkeras", description=__doc__.splitlines()[0])
     p.add_argument("--conf", help="configuration YAML (default: $SPARKERAS_CONF, else "
                                   "conf/local.yml when present, else built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set train.epochs=3 (repeatable)")
     # --conf/--set are also accepted after the subcommand (jobs forward their arguments).
-    common = argparse.ArgumentParser(add_help=False)
+    common = cls(add_help=False)
     common.add_argument("--conf", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     common.add_argument("--set", dest="overrides", action="append", default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)
@@ -83,12 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True)
     s.add_argument("--model", help="default: models:/<registry.incident_model>@champion")
     s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
+    s.add_argument("--input-batch", action="append", metavar="INGEST_BATCH_ID",
+                   help="score only rows of this ingest batch (repeatable; default: all rows)")
 
     s = add_parser(sc_sub, "images")
     s.add_argument("--table", required=True)
     s.add_argument("--output", required=True)
     s.add_argument("--model", help="default: models:/<registry.image_model>@champion")
     s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
+    s.add_argument("--input-batch", action="append", metavar="INGEST_BATCH_ID",
+                   help="score only rows of this ingest batch (repeatable; default: all rows)")
 
     q = add_parser(sub, "sql", help="run a SQL query on the warehouse")
     q.add_argument("query")
@@ -98,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = add_parser(sub, "demo", help="generate, ingest, train, score and query, end to end")
     d.add_argument("--rows", type=int, help="default: demo.rows from the configuration")
     return p
+
+
+def check_arguments(argv: Sequence[str]):
+    """Parse ``argv`` and load the configuration it names, as a run would, without running:
+    (args, config). Raises ValueError (bad arguments) or ConfigError (bad configuration).
+    Used to check the Databricks bundle's task parameters offline."""
+    args = build_parser(strict=True).parse_args(list(argv))
+    return args, load_config(args.conf if args.conf else default_config_path(), _overrides(args))
 
 
 def _overrides(args) -> list[str]:
@@ -134,7 +155,8 @@ def run(args, out) -> Optional[dict]:
     if cmd == "score" and images:
         from .scoring import score_images
         return score_images(spark, cfg, cfg.table_name(args.table), cfg.table_name(args.output),
-                            args.model or cfg.score.model_uri, args.batch_id).summary()
+                            args.model or cfg.score.model_uri, args.batch_id,
+                            args.input_batch).summary()
     if cmd == "generate":
         from .workloads import incidents
         df = incidents.generate(spark, args.rows, args.seed, labeled=not args.unlabeled)
@@ -156,7 +178,7 @@ def run(args, out) -> Optional[dict]:
         from .scoring import score_incidents
         return score_incidents(spark, cfg, cfg.table_name(args.table),
                                cfg.table_name(args.output), args.model or cfg.score.model_uri,
-                               args.batch_id).summary()
+                               args.batch_id, args.input_batch).summary()
     if cmd == "sql":
         from .analyst import print_query
         print_query(spark, args.query, args.format, args.max_rows, out)

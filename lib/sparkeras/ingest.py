@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from . import tables
+from .columns import index_of
 from .workloads import incidents
 
 BATCH_COL = "ingest_batch_id"
@@ -159,9 +160,7 @@ def ingest_images(spark, source: str, table: str, fmt: str, size: Sequence[int],
     if fmt == "folder":   # class numbers: the sorted class folder names of this batch
         names = sorted(r[0] for r in valid.select(images.LABEL).distinct().collect()
                        if r[0] is not None)
-        valid = valid.withColumn("label_index", F.when(F.col(images.LABEL).isNotNull(), (
-            F.array_position(F.array(*[F.lit(n) for n in names]), F.col(images.LABEL)) - 1
-        ).cast("int")))
+        valid = valid.withColumn("label_index", index_of(names, F.col(images.LABEL)))
     valid = valid.select(images.ID, images.LABEL, "label_index", "split", "source", "height",
                          "width", "channels", "original_height", "original_width", "image",
                          now.alias("ingested_at"), F.lit(batch_id).alias(BATCH_COL))

@@ -292,14 +292,16 @@ def _default_batch(table: str) -> str:
 def score_table(spark, cfg: Config, table: str, output: str, model: ResolvedModel, id_col: str,
                 problems, predict: Callable, output_columns: list, label_col: str,
                 count_name: str, batch_id: Optional[str] = None,
-                arrow_batch_rows: Optional[int] = None) -> ScoreResult:
+                arrow_batch_rows: Optional[int] = None,
+                input_batches: Optional[Sequence[str]] = None) -> ScoreResult:
     """Score ``table`` into ``output`` (+ ``output_quarantine``, + ``output_daily`` view).
 
     ``problems`` is a column naming why a row cannot be scored (null if it can);
     ``predict(df)`` adds prediction columns and ``_reason`` (a row the model could not
     score); ``output_columns`` are the scored columns to keep. Each output batch is the
     input row's ``ingest_batch_id`` (or ``batch_id`` when given, or an id derived from the
-    input table's name); re-scoring replaces those batches.
+    input table's name); re-scoring replaces those batches. ``input_batches`` limits the
+    input to rows of those ingest batches (a daily job scores only the day's batch).
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -307,6 +309,10 @@ def score_table(spark, cfg: Config, table: str, output: str, model: ResolvedMode
     from .session import temporary_conf
 
     src = spark.table(table)
+    if input_batches:
+        if INGEST_BATCH not in src.columns:
+            raise ValueError(f"table {table} has no {INGEST_BATCH} column to select batches by")
+        src = src.where(F.col(INGEST_BATCH).isin(*input_batches))
     if batch_id:
         batch = F.lit(batch_id)
     elif INGEST_BATCH in src.columns:
@@ -352,7 +358,8 @@ def score_table(spark, cfg: Config, table: str, output: str, model: ResolvedMode
 
 
 def score_incidents(spark, cfg: Config, table: str, output: str,
-                    model_uri: Optional[str] = None, batch_id: Optional[str] = None) -> ScoreResult:
+                    model_uri: Optional[str] = None, batch_id: Optional[str] = None,
+                    input_batches: Optional[Sequence[str]] = None) -> ScoreResult:
     """Score incidents: ID, predicted root cause, confidence, one probability per cause."""
     from pyspark.sql import functions as F
     from .workloads import incidents
@@ -377,11 +384,13 @@ def score_incidents(spark, cfg: Config, table: str, output: str,
                "confidence", *names]
     return score_table(spark, cfg, table, output, model, incidents.ID,
                        input_problems(model.features, incidents.ID), predict, columns,
-                       "predicted_root_cause", "incidents", batch_id)
+                       "predicted_root_cause", "incidents", batch_id,
+                       input_batches=input_batches)
 
 
 def score_images(spark, cfg: Config, table: str, output: str, model_uri: Optional[str] = None,
-                 batch_id: Optional[str] = None) -> ScoreResult:
+                 batch_id: Optional[str] = None,
+                 input_batches: Optional[Sequence[str]] = None) -> ScoreResult:
     """Score images: image_id, predicted label, confidence, the top 3 labels with their
     probabilities. The table needs ``image_id`` and ``image`` (raw bytes with ``height``,
     ``width``, ``channels`` as ingested, or encoded JPEG/PNG bytes without them); labels
@@ -411,4 +420,4 @@ def score_images(spark, cfg: Config, table: str, output: str, model_uri: Optiona
                *[c for i in range(1, k + 1) for c in (f"top_{i}_label", f"top_{i}_probability")]]
     rows = images.decode_batch_rows(*model.input_shape, cfg.score.arrow_batch_rows)
     return score_table(spark, cfg, table, output, model, images.ID, problems, predict, columns,
-                       "predicted_label", "images", batch_id, rows)
+                       "predicted_label", "images", batch_id, rows, input_batches)

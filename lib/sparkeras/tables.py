@@ -23,6 +23,14 @@ def _sql_literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def replace_where(batch_col: str, batch_ids: Iterable[str]) -> str:
+    """The Delta ``replaceWhere`` predicate that selects exactly ``batch_ids``."""
+    ids = sorted(set(batch_ids))
+    if not ids:
+        raise ValueError("replace_where needs at least one batch id")
+    return f"`{batch_col}` IN ({', '.join(_sql_literal(b) for b in ids)})"
+
+
 def ensure_database(spark, table: str) -> None:
     """Create the table's database when it is a two-part name (``db.table``)."""
     parts = table.split(".")
@@ -49,8 +57,10 @@ def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str
         raise ValueError(f"table {table} has columns {target_cols}, the data has {df.columns}")
     df = df.select(*target_cols)
     if fmt == "delta":
-        cond = f"`{batch_col}` IN ({', '.join(_sql_literal(b) for b in batch_ids)})"
-        df.write.format("delta").mode("overwrite").option("replaceWhere", cond).saveAsTable(table)
+        # One transaction; Delta refuses rows outside the predicate, and named batches that
+        # now have no rows end up empty.
+        (df.write.format("delta").mode("overwrite")
+         .option("replaceWhere", replace_where(batch_col, batch_ids)).saveAsTable(table))
         return
     written = {r[0] for r in df.select(batch_col).distinct().collect()}
     if not written <= set(batch_ids):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import tracking
+from .columns import index_of
 from .config import Config
 from .tf_runtime import configure_tensorflow, make_strategy
 from .training import evaluate as ev
@@ -51,7 +52,7 @@ def train_incidents(spark, cfg: Config, table: str) -> dict:
     tcfg = cfg.train
     features, labels = incidents.FEATURES, incidents.LABELS
     df = spark.table(table).where(F.col(incidents.LABEL).isin(*labels))
-    label_index = F.array_position(F.array(*[F.lit(x) for x in labels]), F.col(incidents.LABEL)) - 1
+    label_index = index_of(labels, F.col(incidents.LABEL))
     data = (feed.assign_split(df, incidents.ID, tcfg.split.train, tcfg.split.validation,
                               tcfg.split.seed)
             .select(*[F.col(c).cast("float").alias(c) for c in features],
@@ -99,7 +100,7 @@ def train_images(spark, cfg: Config, table: str) -> dict:
                          f"or more")
     shape = image_shape(df, table)
     arch = resolve_architecture(icfg.architecture, shape[0], shape[1])
-    label_index = F.array_position(F.array(*[F.lit(x) for x in labels]), F.col(images.LABEL)) - 1
+    label_index = index_of(labels, F.col(images.LABEL))
     data = feed.assign_split(df.withColumnRenamed("split", "source_split"), images.ID,
                              tcfg.split.train, tcfg.split.validation, tcfg.split.seed,
                              source_split="source_split")
@@ -127,6 +128,9 @@ def train_images(spark, cfg: Config, table: str) -> dict:
 
 def run_training(spark, cfg: Config, job: TrainingJob) -> dict:
     """Write the training cache, fit, evaluate, log to MLflow, register, gate the champion."""
+    if cfg.train.feed == "petastorm":     # fail before any work when it cannot import
+        from .training import petastorm_feed
+        petastorm_feed.import_petastorm()
     configure_tensorflow(cfg.tensorflow.intra_op_threads, cfg.tensorflow.inter_op_threads)
     tracking.setup_mlflow(cfg)
     tracking.use_experiment(cfg, job.workload)
@@ -143,7 +147,8 @@ def run_training(spark, cfg: Config, job: TrainingJob) -> dict:
         shutil.rmtree(cache_root, ignore_errors=True)
 
 
-def _spec(cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str, workers: int) -> dict:
+def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str,
+          workers: int) -> dict:
     """What every training worker needs, as JSON (see training/worker.py)."""
     tcfg = cfg.train
     train_files = cache.files("train")
@@ -152,8 +157,15 @@ def _spec(cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str, worker
     if per_pipeline < 1:
         raise ValueError(f"train.batch_size {tcfg.batch_size} is smaller than the "
                          f"{pipelines} workers")
-    rows = feed.parquet_rows(train_files)
-    shard_rows = [sum(rows[i::pipelines]) for i in range(pipelines)]
+    petastorm = None
+    if tcfg.feed == "petastorm":
+        from .training import petastorm_feed
+        petastorm = petastorm_feed.materialize(spark, cache.root, job.decoder, pipelines)
+        # The readers run endlessly: each worker's steps are its share of the rows.
+        shard_rows = [petastorm["dataset_size"] // pipelines]
+    else:
+        rows = feed.parquet_rows(train_files)
+        shard_rows = [sum(rows[i::pipelines]) for i in range(pipelines)]
     steps = min(shard_rows) // per_pipeline
     if steps < 1:
         raise ValueError(f"{min(shard_rows)} training rows per worker are fewer than one batch "
@@ -166,7 +178,8 @@ def _spec(cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str, worker
             "output_dir": str(Path(cache.root) / "_output"),
             "tensorflow": {"intra_op_threads": cfg.tensorflow.intra_op_threads,
                            "inter_op_threads": cfg.tensorflow.inter_op_threads},
-            "precision": tcfg.precision, "fault": _fault(tcfg.checkpoint_dir, run_key)}
+            "precision": tcfg.precision, "fault": _fault(tcfg.checkpoint_dir, run_key),
+            "petastorm": petastorm}
 
 
 def _fault(checkpoint_dir: str, run_key: str) -> Optional[dict]:
@@ -186,7 +199,7 @@ def _fit(spark, cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str):
     from .models import build_from_spec
     from .training import launcher, worker
     workers = cfg.train.workers
-    spec = _spec(cfg, job, cache, run_key, workers)
+    spec = _spec(spark, cfg, job, cache, run_key, workers)
     if workers == 0:
         import keras
         tf = configure_tensorflow(cfg.tensorflow.intra_op_threads, cfg.tensorflow.inter_op_threads)
@@ -220,7 +233,7 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
     params = {"table": job.table, "epochs": tcfg.epochs, "batch_size": tcfg.batch_size,
               "learning_rate": tcfg.learning_rate, "patience": tcfg.patience,
               "strategy": tcfg.strategy if tcfg.workers == 0 else "multi_worker_mirrored",
-              "workers": tcfg.workers, "precision": tcfg.precision,
+              "workers": tcfg.workers, "precision": tcfg.precision, "feed": tcfg.feed,
               "shuffle_buffer": job.shuffle_buffer, "split_seed": tcfg.split.seed,
               "split": json.dumps([tcfg.split.train, tcfg.split.validation, tcfg.split.test]),
               "classes": len(labels), **job.params,
@@ -248,11 +261,10 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
         mlflow.log_dict({"labels": list(labels), "matrix": cm.tolist(),
                          "axis": "rows are true labels, columns are predictions"},
                         "evaluation/confusion_matrix.json")
-        mlflow.log_figure(ev.plot_confusion(cm, labels), "evaluation/confusion_matrix.png")
-        mlflow.log_figure(ev.plot_history(history), "evaluation/training_curves.png")
+        ev.log_figure(ev.plot_confusion(cm, labels), "evaluation/confusion_matrix.png")
+        ev.log_figure(ev.plot_history(history), "evaluation/training_curves.png")
         if job.misclassified_grid:
-            mlflow.log_figure(ev.plot_misclassified(errors, labels),
-                              "evaluation/misclassified.png")
+            ev.log_figure(ev.plot_misclassified(errors, labels), "evaluation/misclassified.png")
         mlflow.log_dict({"labels": list(labels), **job.metadata}, "label_vocabulary.json")
 
         x_example, _ = next(feed.iter_batches(cache.files("test"), job.decoder, 3))

@@ -52,6 +52,17 @@ def evaluate_model(model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
     return metrics_from_confusion(cm, labels), cm
 
 
+def log_figure(fig, artifact_file: str) -> None:
+    """Log a figure to the active MLflow run and close it: pyplot keeps every open figure,
+    which a long-lived driver (a notebook training again and again) would accumulate."""
+    import matplotlib.pyplot as plt
+    import mlflow
+    try:
+        mlflow.log_figure(fig, artifact_file)
+    finally:
+        plt.close(fig)
+
+
 def plot_misclassified(errors: list, labels: Sequence[str]):
     """A grid of misclassified test images titled "true -> predicted (confidence)"."""
     import matplotlib

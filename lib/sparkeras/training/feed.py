@@ -94,6 +94,11 @@ class FeatureDecoder:
         return np.stack([rb.column(c).to_numpy(zero_copy_only=False) for c in self.columns],
                         axis=1).astype(np.float32, copy=False)
 
+    def tf_batch(self, batch):
+        """The same, in TensorFlow, from a batch with one tensor per column (petastorm)."""
+        import tensorflow as tf
+        return tf.stack([tf.cast(getattr(batch, c), tf.float32) for c in self.columns], axis=1)
+
 
 class ImageDecoder:
     """A binary column of raw HWC bytes -> ``uint8[n, h, w, c]`` (zero-copy when it can)."""
@@ -107,6 +112,12 @@ class ImageDecoder:
 
     def __call__(self, rb) -> np.ndarray:
         return binary_to_images(rb.column(self.columns[0]), self.shape)
+
+    def tf_batch(self, batch):
+        """The same, in TensorFlow, from a batch of byte strings (petastorm)."""
+        import tensorflow as tf
+        raw = tf.io.decode_raw(getattr(batch, self.columns[0]), tf.uint8)
+        return tf.reshape(raw, (-1, *self.shape))
 
 
 def decoder_from_spec(spec: dict):

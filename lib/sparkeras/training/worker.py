@@ -7,11 +7,13 @@ fresh process per attempt matters: TensorFlow's collective runtime is configured
 process, and Spark reuses its Python workers.
 
 The spec is JSON: the model and decoder specs, the cache files, batch sizes, steps, the
-checkpoint and output folders, TensorFlow threads and precision, and an optional fault to
-inject (``fault``: kill worker ``rank`` at the start of ``epoch``, once).
+checkpoint and output folders, TensorFlow threads and precision, the petastorm converter
+when ``train.feed`` is petastorm, and an optional fault to inject (``fault``: kill worker
+``rank`` at the start of ``epoch``, once).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import feed, loop
+from . import feed, loop, petastorm_feed
 
 RESULT = "result-{rank}.json"
 FINAL_WEIGHTS = "final.weights.npz"
@@ -54,12 +56,22 @@ def run(spec: dict, strategy, rank: int, n_workers: int):
     per_replica = spec["global_batch"] // strategy.num_replicas_in_sync
     train_files, val_files = spec["train_files"], spec["val_files"]
 
+    readers = contextlib.ExitStack()      # petastorm readers stay open across epochs
+    opened: dict = {}
+
     def make_dataset(ctx, epoch):
         files = feed.shard(train_files, ctx.input_pipeline_id, ctx.num_input_pipelines)
         seed = spec["seed"] + 1000 * epoch + ctx.input_pipeline_id
         batch = ctx.get_per_replica_batch_size(spec["global_batch"])
         # Mirrored on one worker takes one batch per local replica in every step.
         steps = spec["steps_per_epoch"] * (strategy.num_replicas_in_sync // ctx.num_input_pipelines)
+        if spec.get("petastorm"):
+            key = ctx.input_pipeline_id
+            if key not in opened:
+                opened[key] = petastorm_feed.open_dataset(
+                    spec["petastorm"], decoder, batch, key, ctx.num_input_pipelines,
+                    spec["seed"] + key, min(spec["shuffle_buffer"], 100_000), readers)
+            return opened[key].take(steps).prefetch(2)
 
         def gen():
             yield from feed.fixed_steps(files, decoder, batch, steps, spec["shuffle_buffer"], seed)
@@ -89,8 +101,9 @@ def run(spec: dict, strategy, rank: int, n_workers: int):
 
     settings = loop.LoopSettings(spec["epochs"], spec["steps_per_epoch"], spec["global_batch"],
                                  spec["patience"], spec.get("checkpoint_dir"), rank == 0)
-    result = loop.train(strategy, model, make_dataset, val_batches, settings, on_epoch_end,
-                        before_epoch)
+    with readers:
+        result = loop.train(strategy, model, make_dataset, val_batches, settings, on_epoch_end,
+                            before_epoch)
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
