@@ -7,21 +7,48 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+SETTINGS = [
+    "spark.master=local[2]",
+    "spark.conf={spark.sql.shuffle.partitions: 2, spark.default.parallelism: 2}",
+    "tensorflow.intra_op_threads=2",
+    "tensorflow.inter_op_threads=1",
+    "train.batch_size=256",
+    "train.epochs=3",
+    "train.hidden_units=[32, 32]",
+    "score.arrow_batch_rows=10000",
+]
+
+
 @pytest.fixture(scope="session")
-def cfg(tmp_path_factory):
+def state_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="session")
+def cfg(state_dir):
     from sparkeras.config import load_config
-    state = tmp_path_factory.mktemp("state")
-    return load_config(None, [
-        f"state_dir={state}",
-        "spark.master=local[2]",
-        "spark.conf={spark.sql.shuffle.partitions: 2, spark.default.parallelism: 2}",
-        "tensorflow.intra_op_threads=2",
-        "tensorflow.inter_op_threads=1",
-        "train.batch_size=256",
-        "train.epochs=3",
-        "train.hidden_units=[32, 32]",
-        "score.arrow_batch_rows=10000",
-    ])
+    return load_config(None, [f"state_dir={state_dir}", *SETTINGS])
+
+
+@pytest.fixture(scope="session")
+def write_conf(state_dir, tmp_path_factory):
+    """write_conf(*extra) -> the path of a YAML config file equal to the session's ``cfg``
+    plus ``extra`` key=value settings (for notebooks and subprocesses that read a file)."""
+    import yaml
+    from sparkeras.config import parse_override
+
+    def write(*extra: str) -> str:
+        data: dict = {}
+        for text in [f"state_dir={state_dir}", *SETTINGS, *extra]:
+            keys, value = parse_override(text)
+            node = data
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+        path = tmp_path_factory.mktemp("conf") / "test.yml"
+        path.write_text(yaml.safe_dump(data))
+        return str(path)
+    return write
 
 
 @pytest.fixture(scope="session")

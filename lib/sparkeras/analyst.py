@@ -14,6 +14,12 @@ def least_confident(scored: str, n: int = 10) -> str:
             f"FROM {scored} ORDER BY confidence ASC, ID LIMIT {n}")
 
 
+def least_confident_images(scored: str, n: int = 10) -> str:
+    return (f"SELECT image_id, predicted_label, ROUND(confidence, 3) AS confidence, top_2_label, "
+            f"ROUND(top_2_probability, 3) AS top_2_probability, model_version "
+            f"FROM {scored} ORDER BY confidence ASC, image_id LIMIT {n}")
+
+
 def print_query(spark, query: str, fmt: str, max_rows: int, out: TextIO) -> int:
     """Run ``query`` and print at most ``max_rows`` rows as a table, CSV or JSON lines."""
     import sys

@@ -114,3 +114,26 @@ def champion_gate(cfg: Config, model_name: str, version: str, candidate_f1: floa
         False, f"test macro F1 {candidate_f1:.4f} < {champion_f1:.4f} of {alias} version "
                f"{current.version} on the same test split: {alias} stays at version "
                f"{current.version}", str(current.version), champion_f1)
+
+
+def model_versions(cfg: Config, model_name: str):
+    """Every registered version of ``model_name``, newest first, as a pandas DataFrame:
+    version, aliases, the test macro F1 and accuracy its run measured, run id, creation time."""
+    import pandas as pd
+    from mlflow import MlflowClient
+    client = MlflowClient(cfg.mlflow.tracking_uri, cfg.mlflow.registry_uri or cfg.mlflow.tracking_uri)
+    # Version search results do not carry aliases in every store; the registered model does.
+    aliases: dict = {}
+    for alias, version in (client.get_registered_model(model_name).aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name = '{model_name}'"):
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        rows.append({"version": int(mv.version),
+                     "aliases": ", ".join(sorted(aliases.get(str(mv.version), []))),
+                     "test_macro_f1": metrics.get("test_macro_f1"),
+                     "test_accuracy": metrics.get("test_accuracy"), "run_id": mv.run_id,
+                     "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC")})
+    columns = ["version", "aliases", "test_macro_f1", "test_accuracy", "run_id", "created"]
+    return pd.DataFrame(rows, columns=columns).sort_values("version", ascending=False,
+                                                          ignore_index=True)
