@@ -62,3 +62,18 @@ def spark(cfg):
 @pytest.fixture
 def workdir(tmp_path):
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def incident_table(spark, tmp_path_factory):
+    """incident_table(name, rows, seed) -> ``rows`` generated incidents, exported as CSV and
+    ingested into the table ``name``; returns its qualified name."""
+    from sparkeras.ingest import ingest_incidents
+    from sparkeras.workloads import incidents
+
+    def make(name: str, rows: int, seed: int) -> str:
+        src = str(tmp_path_factory.mktemp(name) / "incidents")
+        incidents.generate(spark, rows, seed=seed).write.option("header", True).csv(src)
+        ingest_incidents(spark, src, name, "csv")
+        return f"default.{name}"
+    return make

@@ -5,17 +5,13 @@ import json
 
 import pytest
 
-from sparkeras.ingest import ingest_incidents
 from sparkeras.training import launcher
 from sparkeras.train import train_incidents
-from sparkeras.workloads import incidents
 
 
 @pytest.fixture(scope="module")
-def dist_cfg(cfg, spark, tmp_path_factory):
-    src = tmp_path_factory.mktemp("dist") / "incidents"
-    incidents.generate(spark, 12000, seed=21).write.option("header", True).csv(str(src))
-    ingest_incidents(spark, str(src), "dist_incidents", "csv")
+def dist_cfg(cfg, incident_table):
+    incident_table("dist_incidents", 12000, seed=21)
     c = copy.deepcopy(cfg)
     c.registry.incident_model = "dist_root_cause"
     c.train.epochs = 3

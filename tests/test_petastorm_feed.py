@@ -7,9 +7,7 @@ import warnings
 
 import pytest
 
-from sparkeras.ingest import ingest_incidents
 from sparkeras.train import train_incidents, train_images
-from sparkeras.workloads import incidents
 
 
 def _petastorm_imports() -> bool:
@@ -30,10 +28,8 @@ needs_petastorm = pytest.mark.skipif(not HAS_PETASTORM, reason="petastorm import
 
 
 @pytest.fixture(scope="module")
-def ps_cfg(cfg, spark, tmp_path_factory):
-    src = tmp_path_factory.mktemp("ps") / "incidents"
-    incidents.generate(spark, 8000, seed=31).write.option("header", True).csv(str(src))
-    ingest_incidents(spark, str(src), "ps_incidents", "csv")
+def ps_cfg(cfg, incident_table):
+    incident_table("ps_incidents", 8000, seed=31)
     c = copy.deepcopy(cfg)
     c.registry.incident_model = "ps_root_cause"
     c.train.feed = "petastorm"

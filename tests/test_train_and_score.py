@@ -15,11 +15,8 @@ MODEL = "incident_root_cause"
 
 
 @pytest.fixture(scope="module")
-def trained(spark, cfg, tmp_path_factory):
-    src = str(tmp_path_factory.mktemp("gen") / "incidents")
-    incidents.generate(spark, 12000, seed=11).write.option("header", True).csv(src)
-    ingest_incidents(spark, src, "tr_incidents", "csv")
-    return train_incidents(spark, cfg, "default.tr_incidents")
+def trained(spark, cfg, incident_table):
+    return train_incidents(spark, cfg, incident_table("tr_incidents", 12000, seed=11))
 
 
 def test_first_model_is_registered_and_becomes_champion(trained, cfg):

@@ -268,14 +268,14 @@ def check_target(bundle: Bundle, target: str, entry_points: Mapping[str, Mapping
         errors.extend(f"{source.name}: {e}" for e in task_graph_errors(name, job))
         for task in job.get("tasks") or []:
             where = f"{source.name}: job {name}, task {task.get('task_key')}"
-            errors.extend(_task_errors(bundle, task, source, where, wheel_dirs, entry_points,
+            errors.extend(_task_errors(task, source, where, wheel_dirs, entry_points,
                                        check_task_parameters))
     if errors:
         raise BundleError(f"target {target}:\n  " + "\n  ".join(errors))
     return doc
 
 
-def _task_errors(bundle: Bundle, task: dict, source: Path, where: str, wheel_dirs: set,
+def _task_errors(task: dict, source: Path, where: str, wheel_dirs: set,
                  entry_points: Mapping, check_params: Optional[Callable]) -> list[str]:
     errors = []
     for lib in task.get("libraries") or []:
@@ -300,13 +300,13 @@ def _task_errors(bundle: Bundle, task: dict, source: Path, where: str, wheel_dir
         params = list(wheel.get("parameters") or [])
     script = task.get("spark_python_task")
     if script:
-        path = _local(bundle, source, script.get("python_file", ""))
+        path = _local(source, script.get("python_file", ""))
         if not path.is_file():
             errors.append(f"{where}: python_file {script.get('python_file')} does not exist")
         params = list(script.get("parameters") or [])
     notebook = task.get("notebook_task")
     if notebook:
-        path = _local(bundle, source, notebook.get("notebook_path", ""))
+        path = _local(source, notebook.get("notebook_path", ""))
         if not (path.is_file() or path.with_suffix(".py").is_file()):
             errors.append(f"{where}: notebook {notebook.get('notebook_path')} does not exist")
     if params is not None and check_params is not None:
@@ -317,7 +317,7 @@ def _task_errors(bundle: Bundle, task: dict, source: Path, where: str, wheel_dir
     return errors
 
 
-def _local(bundle: Bundle, source: Path, path: str) -> Path:
+def _local(source: Path, path: str) -> Path:
     """A task's file path on this machine (relative paths are relative to the yml file)."""
     p = Path(path)
     return p if p.is_absolute() else (source.parent / p).resolve()

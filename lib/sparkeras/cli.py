@@ -73,35 +73,23 @@ def build_parser(strict: bool = False) -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train, log to MLflow, register, gate the champion")
     tr_sub = tr.add_subparsers(dest="workload", required=True)
-    t = add_parser(tr_sub, "incidents")
-    t.add_argument("--table", required=True)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--workers", type=int, help="0: the driver; N: N barrier tasks")
-
-    t = add_parser(tr_sub, "images")
-    t.add_argument("--table", required=True)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--workers", type=int, help="0: the driver; N: N barrier tasks")
+    for workload in ("incidents", "images"):
+        t = add_parser(tr_sub, workload)
+        t.add_argument("--table", required=True)
+        t.add_argument("--epochs", type=int)
+        t.add_argument("--batch-size", type=int)
+        t.add_argument("--workers", type=int, help="0: the driver; N: N barrier tasks")
 
     sc = sub.add_parser("score", help="score a table with a registered model")
     sc_sub = sc.add_subparsers(dest="workload", required=True)
-    s = add_parser(sc_sub, "incidents")
-    s.add_argument("--table", required=True)
-    s.add_argument("--output", required=True)
-    s.add_argument("--model", help="default: models:/<registry.incident_model>@champion")
-    s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
-    s.add_argument("--input-batch", action="append", metavar="INGEST_BATCH_ID",
-                   help="score only rows of this ingest batch (repeatable; default: all rows)")
-
-    s = add_parser(sc_sub, "images")
-    s.add_argument("--table", required=True)
-    s.add_argument("--output", required=True)
-    s.add_argument("--model", help="default: models:/<registry.image_model>@champion")
-    s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
-    s.add_argument("--input-batch", action="append", metavar="INGEST_BATCH_ID",
-                   help="score only rows of this ingest batch (repeatable; default: all rows)")
+    for workload, model in (("incidents", "incident_model"), ("images", "image_model")):
+        s = add_parser(sc_sub, workload)
+        s.add_argument("--table", required=True)
+        s.add_argument("--output", required=True)
+        s.add_argument("--model", help=f"default: models:/<registry.{model}>@champion")
+        s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
+        s.add_argument("--input-batch", action="append", metavar="INGEST_BATCH_ID",
+                       help="score only rows of this ingest batch (repeatable; default: all rows)")
 
     q = add_parser(sub, "sql", help="run a SQL query on the warehouse")
     q.add_argument("query")

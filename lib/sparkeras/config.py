@@ -291,22 +291,23 @@ def _resolve_paths(cfg: Config, source: str) -> None:
                 text = text.replace(placeholder, value)
         return text
 
-    def walk(obj: Any, prefix: str, state: Optional[str]) -> None:
+    state = str(Path(fill(cfg.state_dir, "state_dir")).expanduser().resolve())
+
+    def resolved(text: str, key: str) -> str:
+        return fill(text, key).replace("{state_dir}", state)
+
+    def walk(obj: Any, prefix: str) -> None:
         for f in dataclasses.fields(obj):
             v, key = getattr(obj, f.name), prefix + f.name
             if isinstance(v, str):
-                v = fill(v, key)
-                setattr(obj, f.name, v if state is None else v.replace("{state_dir}", state))
+                setattr(obj, f.name, resolved(v, key))
             elif isinstance(v, dict):
-                setattr(obj, f.name, {
-                    k: (fill(s, f"{key}.{k}") if state is None else s.replace("{state_dir}", state))
-                    for k, s in v.items()})
+                setattr(obj, f.name, {k: resolved(s, f"{key}.{k}") for k, s in v.items()})
             elif dataclasses.is_dataclass(v):
-                walk(v, key + ".", state)
+                walk(v, key + ".")
 
-    walk(cfg, "", None)
-    cfg.state_dir = str(Path(cfg.state_dir).expanduser().resolve())
-    walk(cfg, "", cfg.state_dir)
+    walk(cfg, "")
+    cfg.state_dir = state
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

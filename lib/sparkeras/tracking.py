@@ -121,7 +121,8 @@ def model_versions(cfg: Config, model_name: str):
     version, aliases, the test macro F1 and accuracy its run measured, run id, creation time."""
     import pandas as pd
     from mlflow import MlflowClient
-    client = MlflowClient(cfg.mlflow.tracking_uri, cfg.mlflow.registry_uri or cfg.mlflow.tracking_uri)
+    setup_mlflow(cfg)
+    client = MlflowClient()
     # Version search results do not carry aliases in every store; the registered model does.
     aliases: dict = {}
     for alias, version in (client.get_registered_model(model_name).aliases or {}).items():

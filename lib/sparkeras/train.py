@@ -160,7 +160,8 @@ def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str,
     petastorm = None
     if tcfg.feed == "petastorm":
         from .training import petastorm_feed
-        petastorm = petastorm_feed.materialize(spark, cache.root, job.decoder, pipelines)
+        petastorm = petastorm_feed.materialize(spark, cache.root, cache.rows["train"],
+                                               job.decoder, pipelines)
         # The readers run endlessly: each worker's steps are its share of the rows.
         shard_rows = [petastorm["dataset_size"] // pipelines]
     else:

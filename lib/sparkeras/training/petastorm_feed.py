@@ -31,13 +31,12 @@ def import_petastorm():
     return petastorm_spark
 
 
-def materialize(spark, cache_root: str, decoder, pipelines: int) -> dict:
-    """Convert the cache's train split with ``make_spark_converter``; return what workers
-    need to reopen the converter (JSON): its folder, files and row count."""
+def materialize(spark, cache_root: str, rows: int, decoder, pipelines: int) -> dict:
+    """Convert the cache's train split (``rows`` rows) with ``make_spark_converter``; return
+    what workers need to reopen the converter (JSON): its folder, files and row count."""
     from ..session import temporary_conf
     ps = import_petastorm()
     df = spark.read.parquet(os.path.join(cache_root, "split=train")).select(*decoder.columns, "label")
-    rows = df.count()
     # At least a few row groups per worker: petastorm shards by row group.
     group_bytes = max(16 << 10, min(32 << 20, rows * decoder.row_bytes // (4 * pipelines)))
     url = Path(cache_root, "_petastorm").resolve().as_uri()
