@@ -152,3 +152,50 @@ def test_file_without_header_is_quarantined(spark, tmp_path):
     result = ingest_incidents(spark, str(folder), "ing_noheader", "csv")
     assert (result.valid_rows, result.quarantined_rows) == (0, 1)
     assert spark.table("ing_noheader_quarantine").first().reason == "file has no header row"
+
+
+def test_ticketing_export_with_quoted_free_text(spark, tmp_path):
+    """Every field quoted (as a ticketing system exports), an extra DESCRIPTION column with
+    commas, doubled quotes and line breaks: valid rows land in the table whatever their
+    description holds; quarantined rows keep the record exactly as the file has it."""
+    import csv
+    import io
+    header = ["ID", *FEATURES, "ROOT_CAUSE", "DESCRIPTION"]
+    rows = [
+        (101, [1, 1, 0, 1, 0, 0, 0], "MEMORY_LEAK", "disk slow, then OOM, then restart"),
+        (102, [0, 0, 1, 0, 1, 1, 0], "NETWORK_DELAY", 'user said "it hangs", twice'),
+        (103, [1, 0, 0, 0, 0, 1, 1], "DATABASE_ISSUE", "line one\r\nline two, with a comma"),
+        (104, [2, 0, 0, 0, 0, 1, 1], "DATABASE_ISSUE", 'bad flag, "quoted"\nand a second line'),
+        (107, [0, 1, 0, 1, 0, 0, 0], "DISK_FULL", "full, again"),
+    ]
+    out = io.StringIO()
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+    writer.writerow(header)
+    raw = {}
+    for rid, flags, cause, text in rows:
+        line = io.StringIO()
+        csv.writer(line, quoting=csv.QUOTE_ALL, lineterminator="").writerow(
+            [rid, *flags, cause, text])
+        raw[rid] = line.getvalue()
+        out.write(raw[rid] + "\r\n")
+    broken = '"105","1","1","0","1","0","0","0","MEMORY_LEAK","starts, and never ends'
+    out.write(broken + "\r\n")
+    out.write('"106","0","0","1","0","1","0","0","NETWORK_DELAY","after the broken one"\r\n')
+    folder = tmp_path / "tickets"
+    folder.mkdir()
+    (folder / "tickets.csv").write_bytes(("\ufeff" + out.getvalue()).encode("utf-8"))
+
+    result = ingest_incidents(spark, str(folder), "ing_tickets", "csv")
+    assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (7, 4, 3)
+    valid = spark.table("ing_tickets").select("ID", *FEATURES, "ROOT_CAUSE")
+    expected = spark.createDataFrame(
+        [(101, 1, 1, 0, 1, 0, 0, 0, "MEMORY_LEAK"), (102, 0, 0, 1, 0, 1, 1, 0, "NETWORK_DELAY"),
+         (103, 1, 0, 0, 0, 0, 1, 1, "DATABASE_ISSUE"), (106, 0, 0, 1, 0, 1, 0, 0, "NETWORK_DELAY")],
+        valid.schema)
+    assertDataFrameEqual(valid, expected)
+    q = {r.reason: r.raw_record for r in spark.table("ing_tickets_quarantine").collect()}
+    assert q == {
+        "CPU_LOAD must be 0 or 1, got '2'": raw[104],
+        "unknown root cause 'DISK_FULL'": raw[107],
+        "unterminated quote on line 9: a quoted field opens and never closes": broken}
+    assert '"bad flag, ""quoted""\nand a second line"' in raw[104]   # kept as written

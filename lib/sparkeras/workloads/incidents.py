@@ -7,7 +7,7 @@ Everything here is a pure DataFrame transform, except :func:`read_raw` (reads fi
 from __future__ import annotations
 
 import itertools
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -75,12 +75,6 @@ def generate(spark, rows: int, seed: int = 7, labeled: bool = True, partitions: 
 
 
 # -------------------------------------------------------------------------------- reading
-def _clean_field(c):
-    """Trim spaces and one pair of surrounding double quotes."""
-    from pyspark.sql import functions as F
-    return F.trim(F.regexp_replace(F.trim(c), r'^"(.*)"$', "$1"))
-
-
 def _text_lines(spark, source: str):
     """Non-blank lines of text files with their source file; BOM and CR removed."""
     from pyspark.sql import functions as F
@@ -90,56 +84,39 @@ def _text_lines(spark, source: str):
               .where(F.trim(F.col("raw")) != ""))
 
 
-def _read_csv(spark, source: str):
-    """CSV as real exports come: a header per file (any column order), BOM, CRLF, spaces.
-
-    Each file is parsed with its own header. Files without a header row, or whose header
-    lacks a required column, keep their rows: each gets the reason as a parse error.
-    """
+def read_csv_records(spark, source: str, columns: Sequence[str], required: Sequence[str],
+                     key: str):
+    """CSV files as RFC 4180 defines them (see :mod:`sparkeras.csv_records`): one Spark
+    task parses each whole file, so quoted fields may hold commas, doubled quotes and line
+    breaks, and every file has its own header. Returns ``raw``, ``source_file``,
+    ``_parse_error`` and one string column per name in ``columns``."""
     from pyspark.sql import functions as F
-    lines = _text_lines(spark, source)
-    # A header row names ID and a signal, in any order (data rows cannot: ID is numeric).
-    names = F.transform(F.split(F.col("raw"), ","), lambda x: F.upper(_clean_field(x)))
-    lines = lines.withColumn("_is_header", F.array_contains(names, ID)
-                             & F.arrays_overlap(names, F.array(*[F.lit(c) for c in FEATURES])))
+    from .. import csv_records
+    columns, required = list(columns), list(required)
+    files = (spark.read.format("binaryFile").load(source)
+             .select(F.col("_metadata.file_path").alias("path"), "content"))
+    schema = ("raw string, source_file string, _parse_error string, "
+              + ", ".join(f"`{c}` string" for c in columns))
 
-    headers: dict[str, list[list[str]]] = {}
-    for row in lines.where("_is_header").select("source_file", "raw").distinct().collect():
-        names = [f.strip().strip('"').strip().upper() for f in row.raw.split(",")]
-        headers.setdefault(row.source_file, []).append(names)
+    def parse(batches):
+        import pyarrow as pa
+        arrow_schema = pa.schema([(n, pa.string()) for n in
+                                  ["raw", "source_file", "_parse_error", *columns]])
+        for rb in batches:
+            paths = rb.column("path").to_pylist()
+            for i, path in enumerate(paths):
+                content = rb.column("content")[i].as_py()
+                for chunk in csv_records.parse_file(content, columns, required, key):
+                    n = len(chunk["raw"])
+                    yield pa.RecordBatch.from_pydict(
+                        {"raw": chunk["raw"], "source_file": [path] * n,
+                         "_parse_error": chunk["error"], **{c: chunk[c] for c in columns}},
+                        schema=arrow_schema)
+    return files.mapInArrow(parse, schema)
 
-    info_rows = []
-    for path, variants in headers.items():
-        names = variants[0]
-        error = None
-        missing = [c for c in REQUIRED if c not in names]
-        if len(variants) > 1:
-            error = "file has conflicting header rows"
-        elif missing:
-            error = "missing column " + ", ".join(missing) + " in the file's header"
-        positions = [names.index(c) + 1 if c in names else None for c in COLUMNS]
-        info_rows.append((path, len(names), error, *positions))
-    schema = ("source_file string, _n_fields int, _header_error string, "
-              + ", ".join(f"_pos_{c} int" for c in COLUMNS))
-    info = spark.createDataFrame(info_rows, schema)
-    rows = lines.where(~F.col("_is_header")).join(F.broadcast(info), "source_file", "left")
 
-    fields = F.split(F.col("raw"), ",", -1)
-    n = F.size(fields)
-    parse_error = (
-        F.when(F.col("_n_fields").isNull(), F.lit("file has no header row"))
-         .when(F.col("_header_error").isNotNull(), F.col("_header_error"))
-         .when(n < F.col("_n_fields"),
-               F.format_string("short row: %d fields, the header has %d", n, F.col("_n_fields")))
-         .when(n > F.col("_n_fields"),
-               F.format_string("long row: %d fields, the header has %d", n, F.col("_n_fields")))
-    )
-    values = [
-        F.when(F.col(f"_pos_{c}").isNotNull(),
-               _clean_field(F.try_element_at(fields, F.col(f"_pos_{c}")))).alias(c)
-        for c in COLUMNS
-    ]
-    return rows.select("raw", "source_file", parse_error.alias("_parse_error"), *values)
+def _read_csv(spark, source: str):
+    return read_csv_records(spark, source, COLUMNS, REQUIRED, ID)
 
 
 def _read_json(spark, source: str):

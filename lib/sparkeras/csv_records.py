@@ -1,0 +1,206 @@
+"""CSV files as RFC 4180 defines them, with the leniency real exports need.
+
+Pure Python (the standard ``csv`` module), no Spark: Spark calls :func:`parse_file` once per
+file inside a task, and this module is tested alone.
+
+What a record is:
+
+- Records are separated by line breaks (LF or CRLF) outside quotes. A field may be quoted
+  with ``"``; inside quotes a comma, a line break or a doubled quote ``""`` (one ``"``) is
+  data, so one record may span several lines. Spaces around a field are removed.
+- The file's first non-blank record is its header. Columns are matched by name (case and
+  surrounding spaces ignored), in any order; columns nobody asked for are ignored. A later
+  record that is a header again (files concatenated with ``cat``) applies to the records
+  after it. Blank lines are not records.
+- UTF-8, with or without a byte-order mark; gzip and bzip2 files are decompressed.
+- A quote that opens and never closes would make the rest of the file one field. Instead,
+  a record that spans lines but does not close its quotes (an odd number of ``"``) or has
+  the wrong number of fields is taken as a broken quote: its first line becomes one record
+  with the reason ``unterminated quote ...`` and parsing resumes on the next line.
+
+Every record comes out as a row: its raw text (line breaks inside quotes kept), its first
+line number, the requested columns as stripped strings (None when the header lacks them)
+and a parse error (None when the record could be split into the header's fields).
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import zlib
+from collections import deque
+from typing import Iterator, Optional, Sequence
+
+FIELD_LIMIT = csv.field_size_limit()          # 131,072 characters
+CHUNK_ROWS = 65536
+
+
+def decompress(data: bytes) -> bytes:
+    """gzip or bzip2 data (recognised by magic bytes) decompressed; anything else as is."""
+    try:
+        if data[:2] == b"\x1f\x8b":
+            return gzip.decompress(data)
+        if data[:3] == b"BZh":
+            return bz2.decompress(data)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise ValueError(f"corrupt compressed file: {exc}") from None
+    return data
+
+
+class _Lines:
+    """The physical lines of a text, one at a time, remembering those taken for the
+    current record and accepting lines pushed back (to parse them again)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.pos = 0
+        self.lineno = 0
+        self.taken: list[tuple[int, str]] = []
+        self.pending: deque[tuple[int, str]] = deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pending:
+            item = self.pending.popleft()
+        else:
+            if self.pos >= len(self.text):
+                raise StopIteration
+            end = self.text.find("\n", self.pos)
+            end = len(self.text) if end < 0 else end + 1
+            self.lineno += 1
+            item = (self.lineno, self.text[self.pos:end])
+            self.pos = end
+        self.taken.append(item)
+        return item[1]
+
+    def push_back(self, items: Sequence[tuple[int, str]]) -> None:
+        self.pending.extendleft(reversed(items))
+
+
+def _raw(lines: Sequence[tuple[int, str]]) -> str:
+    text = "".join(line for _, line in lines)
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text.endswith("\r"):
+        text = text[:-1]
+    return text.lstrip("\ufeff")
+
+
+class Header:
+    """Where each requested column sits in a header record, and what is wrong with it."""
+
+    def __init__(self, fields: Sequence[str], columns: Sequence[str], required: Sequence[str]):
+        names = [f.strip().lstrip("\ufeff").strip().upper() for f in fields]
+        self.n_fields = len(names)
+        self.positions: dict[str, int] = {}
+        twice = []
+        for c in columns:
+            hits = [i for i, n in enumerate(names) if n == c.upper()]
+            if len(hits) > 1:
+                twice.append(c)
+            if hits:
+                self.positions[c] = hits[0]
+        missing = [c for c in required if c not in self.positions]
+        self.error: Optional[str] = None
+        if twice:
+            self.error = "column " + ", ".join(twice) + " appears twice in the file's header"
+        elif missing:
+            self.error = "missing column " + ", ".join(missing) + " in the file's header"
+
+
+def is_header(fields: Sequence[str], key: str, columns: Sequence[str]) -> bool:
+    """A header names the ``key`` column and at least one other requested column (a data
+    row cannot: its key is a value, e.g. a number)."""
+    names = {f.strip().lstrip("\ufeff").strip().upper() for f in fields}
+    return key.upper() in names and any(c.upper() in names for c in columns if c != key)
+
+
+def parse_text(text: str, columns: Sequence[str], required: Sequence[str], key: str,
+               chunk_rows: int = CHUNK_ROWS) -> Iterator[dict[str, list]]:
+    """Records of one file's text, in chunks: dicts of equal-length lists with the keys
+    ``raw``, ``line``, ``error`` and every name in ``columns``."""
+    lines = _Lines(text)
+    header: Optional[Header] = None
+
+    def new_chunk() -> dict[str, list]:
+        return {"raw": [], "line": [], "error": [], **{c: [] for c in columns}}
+    chunk = new_chunk()
+
+    def emit(taken, fields: Optional[list[str]], error: Optional[str]) -> None:
+        chunk["raw"].append(_raw(taken))
+        chunk["line"].append(taken[0][0])
+        positions = header.positions if header is not None else {}
+        for c in columns:
+            p = positions.get(c)
+            chunk[c].append(fields[p].strip() if fields is not None and p is not None
+                            and p < len(fields) else None)
+        chunk["error"].append(error)
+
+    reader = csv.reader(lines, skipinitialspace=True)
+    while True:
+        lines.taken = []
+        try:
+            fields = next(reader)
+            problem = None
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            fields, problem = None, str(exc)
+        taken = lines.taken
+        if not taken:
+            break
+        raw = _raw(taken)
+        if fields is not None and not raw.strip():
+            continue                                     # blank line: not a record
+        expected = header.n_fields if header is not None else None
+        broken = len(taken) > 1 and (problem is not None or raw.count('"') % 2 == 1 or (
+            expected is not None and len(fields) != expected and not is_header(fields, key, columns)))
+        if broken or (problem is not None and "field limit" in problem):
+            # A quote that never closes: report its first line, parse again from the next.
+            first = taken[0]
+            lines.push_back(taken[1:])
+            what = (f"runs past {FIELD_LIMIT:,} characters" if problem and
+                    "field limit" in problem else "opens and never closes")
+            emit([first], None, f"unterminated quote on line {first[0]}: a quoted field {what}")
+            reader = csv.reader(lines, skipinitialspace=True)
+        elif problem is not None:
+            emit(taken, None, f"unreadable CSV record: {problem}")
+            reader = csv.reader(lines, skipinitialspace=True)
+        elif is_header(fields, key, columns):
+            header = Header(fields, columns, required)
+            continue
+        elif header is None:
+            emit(taken, fields, "file has no header row")
+        elif header.error is not None:
+            emit(taken, fields, header.error)
+        elif len(fields) < header.n_fields:
+            emit(taken, fields, f"short row: {len(fields)} fields, the header has "
+                                f"{header.n_fields}")
+        elif len(fields) > header.n_fields:
+            emit(taken, fields, f"long row: {len(fields)} fields, the header has "
+                                f"{header.n_fields}")
+        else:
+            emit(taken, fields, None)
+        if len(chunk["raw"]) >= chunk_rows:
+            yield chunk
+            chunk = new_chunk()
+    if chunk["raw"]:
+        yield chunk
+
+
+def parse_file(data: bytes, columns: Sequence[str], required: Sequence[str], key: str,
+               chunk_rows: int = CHUNK_ROWS) -> Iterator[dict[str, list]]:
+    """:func:`parse_text` of a file's bytes (decompressed, UTF-8 decoded; undecodable bytes
+    become U+FFFD and then fail validation in the fields that hold them). A file that cannot
+    be decompressed is one record (empty raw text, line 0) with the reason."""
+    try:
+        data = decompress(bytes(data))
+    except ValueError as exc:
+        yield {"raw": [""], "line": [0], "error": [str(exc)], **{c: [None] for c in columns}}
+        return
+    text = data.decode("utf-8", errors="replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    yield from parse_text(text, columns, required, key, chunk_rows)

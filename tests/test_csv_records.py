@@ -1,0 +1,105 @@
+"""The RFC 4180 record parser alone (no Spark): quoting, multi-line records, headers per
+file, and broken quotes that must not swallow the rest of a file."""
+import bz2
+import gzip
+
+import pytest
+
+from sparkeras.csv_records import FIELD_LIMIT, parse_file, parse_text
+
+COLUMNS = ["ID", "A", "B", "NOTE"]
+
+
+def records(text, columns=COLUMNS, required=("ID", "A", "B")):
+    out = []
+    for chunk in parse_text(text, columns, list(required), "ID", chunk_rows=2):
+        out += [{k: v[i] for k, v in chunk.items()} for i in range(len(chunk["raw"]))]
+    return out
+
+
+def test_quoted_commas_doubled_quotes_and_line_breaks():
+    text = ('"ID","A","B","NOTE"\r\n'
+            '"1","0","1","plain"\r\n'
+            '"2","1","0","commas, and ""quotes"""\r\n'
+            '"3","1","1","two\r\nlines, one record"\r\n'
+            '4, 0 , 1,  "spaced"  \r\n')
+    got = records(text)
+    assert [(r["ID"], r["A"], r["B"], r["NOTE"], r["error"], r["line"]) for r in got] == [
+        ("1", "0", "1", "plain", None, 2),
+        ("2", "1", "0", 'commas, and "quotes"', None, 3),
+        ("3", "1", "1", "two\r\nlines, one record", None, 4),
+        ("4", "0", "1", "spaced", None, 6)]
+    # the raw record is the file's text: quotes and the line break inside them kept
+    assert got[1]["raw"] == '"2","1","0","commas, and ""quotes"""'
+    assert got[2]["raw"] == '"3","1","1","two\r\nlines, one record"'
+
+
+def test_any_column_order_extra_columns_and_missing_optional_ones():
+    got = records("note,EXTRA,b, id ,a\nx,ignored,1,7,0\n")
+    assert [(r["ID"], r["A"], r["B"], r["NOTE"], r["error"]) for r in got] == [
+        ("7", "0", "1", "x", None)]
+    got = records("ID,A,B\n8,1,1\n")                      # NOTE absent: None, not an error
+    assert (got[0]["NOTE"], got[0]["error"]) == (None, None)
+
+
+def test_unterminated_quote_mid_file_is_one_bad_record_and_reading_resumes():
+    text = ('ID,A,B,NOTE\n'
+            '1,0,1,"opens here\n'
+            '2,1,1,fine\n'
+            '3,0,0,"a, quoted"\n'
+            '4,1,0,last\n')
+    got = records(text)
+    assert [(r["ID"], r["error"], r["line"]) for r in got] == [
+        (None, "unterminated quote on line 2: a quoted field opens and never closes", 2),
+        ("2", None, 3), ("3", None, 4), ("4", None, 5)]
+    assert got[0]["raw"] == '1,0,1,"opens here'
+
+
+def test_unterminated_quote_at_the_end_of_the_file():
+    got = records('ID,A,B,NOTE\n1,0,1,ok\n2,0,1,"never\n3,1,1,closes\n')
+    assert [(r["ID"], r["error"]) for r in got] == [
+        ("1", None),
+        (None, "unterminated quote on line 3: a quoted field opens and never closes"),
+        ("3", None)]
+
+
+def test_a_runaway_quote_past_the_field_limit():
+    text = 'ID,A,B,NOTE\n1,0,1,"' + "x" * (FIELD_LIMIT + 10) + "\n2,1,1,after\n"
+    got = records(text)
+    assert got[0]["error"] == (f"unterminated quote on line 2: a quoted field runs past "
+                               f"{FIELD_LIMIT:,} characters")
+    assert [(r["ID"], r["error"]) for r in got[1:]] == [("2", None)]
+
+
+def test_short_long_and_headerless_records():
+    got = records("ID,A,B,NOTE\n1,0\n2,0,1,x,extra\n\n   \n")
+    assert [r["error"] for r in got] == ["short row: 2 fields, the header has 4",
+                                         "long row: 5 fields, the header has 4"]
+    got = records("1,0,1,x\n2,0,1,y\n")
+    assert [r["error"] for r in got] == ["file has no header row"] * 2
+
+
+def test_header_problems_apply_to_every_record_under_that_header():
+    got = records("ID,A,NOTE\n1,0,x\n")
+    assert got[0]["error"] == "missing column B in the file's header"
+    got = records("ID,A,B,A\n1,0,1,1\n")
+    assert got[0]["error"] == "column A appears twice in the file's header"
+
+
+def test_concatenated_files_each_header_applies_below_it():
+    text = "ID,A,B\n1,0,1\nB,A,ID\n1,0,2\n"
+    assert [(r["ID"], r["A"], r["B"]) for r in records(text)] == [("1", "0", "1"),
+                                                                   ("2", "0", "1")]
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lambda b: b])
+def test_bom_crlf_and_compressed_files(compress):
+    data = compress("\ufeffID,A,B\r\n1,0,1\r\n".encode("utf-8"))
+    (chunk,) = parse_file(data, COLUMNS, ["ID", "A", "B"], "ID")
+    assert (chunk["raw"], chunk["ID"], chunk["error"]) == (["1,0,1"], ["1"], [None])
+
+
+def test_a_corrupt_compressed_file_is_one_record_with_the_reason():
+    (chunk,) = parse_file(gzip.compress(b"ID,A\n1,0\n")[:20], COLUMNS, ["ID"], "ID")
+    assert chunk["raw"] == [""] and chunk["ID"] == [None]
+    assert chunk["error"][0].startswith("corrupt compressed file: ")
