@@ -25,7 +25,9 @@ setup(
     ],
     extras_require={
         "local": ["pyspark>=3.5", "tensorflow-cpu>=2.16"],
-        "dev": ["pyspark>=3.5", "tensorflow-cpu>=2.16", "pytest>=8", "databricks-bundles>=1.22"],
+        # scikit-learn: its bundled real datasets (handwritten digits, ...) feed the tests
+        "dev": ["pyspark>=3.5", "tensorflow-cpu>=2.16", "pytest>=8", "databricks-bundles>=1.22",
+                "scikit-learn>=1.3"],
         # train.feed: petastorm - only on the Spark 3.5 stack (pyarrow <= 14, numpy < 2)
         "petastorm": ["petastorm>=0.13.1"],
     },

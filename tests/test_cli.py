@@ -3,20 +3,10 @@ that survive the process, clear errors with exit codes."""
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import pytest
 
-
-def sparkeras(state, *args, check=True):
-    cmd = [sys.executable, "-m", "sparkeras.cli", "--set", f"state_dir={state}",
-           "--set", "spark.master=local[2]", "--set",
-           "spark.conf={spark.sql.shuffle.partitions: 2}", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
+from clirun import sparkeras
 
 
 @pytest.fixture(scope="module")

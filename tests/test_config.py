@@ -34,7 +34,7 @@ def test_overrides_parse_yaml_values(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("train: {epoch: 3}\n", "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
     ("trian: {}\n", "unknown key 'trian' (did you mean 'train'?)"),
-    ("train: {epochs: ten}\n", "'train.epochs' must be an integer, got 'ten'"),
+    ("train: {epochs: ten}\n", "'train.epochs' must be an integer or 'auto', got 'ten'"),
     ("train: {hidden_units: 64}\n", "'train.hidden_units' must be a list, got 64"),
     ("tables: {format: orc}\n", "'tables.format' must be one of ['delta', 'parquet'], got 'orc'"),
     ("train: {epochs: 0}\n", "'train.epochs' must be at least 1, got 0"),

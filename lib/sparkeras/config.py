@@ -19,13 +19,19 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key and its source in the message."""
+
+
+AUTO = "auto"
+#: A setting that is a value or ``auto`` (chosen from the data at run time).
+AutoInt = Union[int, Literal["auto"]]
+AutoFloat = Union[float, Literal["auto"]]
 
 
 @dataclass
@@ -79,11 +85,12 @@ class SplitConf:
 
 @dataclass
 class TrainConf:
-    epochs: int = 10
-    batch_size: int = 1024
+    # auto: chosen from the training rows per worker (see training/settings.py)
+    epochs: AutoInt = AUTO
+    batch_size: AutoInt = AUTO         # the global batch, split between the workers
     hidden_units: list[int] = field(default_factory=lambda: [128, 128])
-    learning_rate: float = 0.001
-    patience: int = 3
+    learning_rate: AutoFloat = AUTO
+    patience: AutoInt = AUTO           # early stopping on validation loss
     strategy: str = "mirrored"         # workers 0: mirrored (local GPUs or CPU) | default
     workers: int = 0                   # 0: train on the driver; N: N Spark barrier tasks
     max_attempts: int = 3              # barrier stage attempts; each resumes from checkpoint
@@ -169,7 +176,8 @@ _CHOICES = {
     "images.architecture": {"auto", "classic_cnn", "folder_cnn", "transfer"},
     "images.backbone": {"mobilenet_v2", "resnet50_v2", "efficientnet_b0"},
 }
-_POSITIVE = {"train.epochs", "train.batch_size", "train.shuffle_buffer", "train.max_attempts",
+_POSITIVE = {"train.epochs", "train.batch_size", "train.patience", "train.shuffle_buffer",
+             "train.max_attempts",
              "score.arrow_batch_rows", "score.worker_threads", "score.predict_chunk_rows",
              "demo.rows",
              "images.decode_batch_rows", "images.shuffle_memory_mb"}
@@ -183,11 +191,21 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is typing.Union:                      # Optional[X]
-        if value is None:
+    if origin is typing.Union:                      # Optional[X], X or a literal
+        if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key, source)
+        literals = [v for a in args if typing.get_origin(a) is Literal for v in typing.get_args(a)]
+        if value in literals and isinstance(value, str):
+            return value
+        (inner,) = [a for a in args if a is not type(None) and typing.get_origin(a) is not Literal]
+        try:
+            return _coerce(value, inner, key, source)
+        except ConfigError:
+            if not literals:
+                raise
+            choices = " or ".join(repr(v) for v in literals)
+            raise ConfigError(f"{source}: '{key}' must be {_type_name(inner)} or {choices}, "
+                              f"got {value!r}") from None
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping of settings, got {value!r}")
@@ -247,8 +265,12 @@ def _check(cfg: Config, source: str) -> None:
         if value not in allowed:
             raise ConfigError(f"{source}: '{key}' must be one of {sorted(allowed)}, got {value!r}")
     for key in _POSITIVE:
-        if _get(cfg, key) < 1:
-            raise ConfigError(f"{source}: '{key}' must be at least 1, got {_get(cfg, key)!r}")
+        value = _get(cfg, key)
+        if value != AUTO and value < 1:
+            raise ConfigError(f"{source}: '{key}' must be at least 1, got {value!r}")
+    if cfg.train.learning_rate != AUTO and not cfg.train.learning_rate > 0:
+        raise ConfigError(f"{source}: 'train.learning_rate' must be positive, got "
+                          f"{cfg.train.learning_rate!r}")
     s = cfg.train.split
     fractions = (s.train, s.validation, s.test)
     if min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-9:

@@ -22,6 +22,7 @@ from .config import Config
 from .tf_runtime import configure_tensorflow, make_strategy
 from .training import evaluate as ev
 from .training import feed
+from .training import settings as settings_
 
 
 def _progress(message: str) -> None:
@@ -61,8 +62,7 @@ def train_incidents(spark, cfg: Config, table: str) -> dict:
         workload=incidents.NAME, table=table, model_name=cfg.registry.incident_model,
         labels=list(labels), data=data, decoder=feed.FeatureDecoder(features),
         model_spec={"kind": "mlp", "n_features": len(features), "n_classes": len(labels),
-                    "hidden_units": list(tcfg.hidden_units),
-                    "learning_rate": tcfg.learning_rate, "seed": tcfg.seed},
+                    "hidden_units": list(tcfg.hidden_units), "seed": tcfg.seed},
         input_name="features", params={"hidden_units": json.dumps(tcfg.hidden_units)},
         metadata={"features": list(features)}, shuffle_buffer=tcfg.shuffle_buffer)
     return run_training(spark, cfg, job)
@@ -116,8 +116,8 @@ def train_images(spark, cfg: Config, table: str) -> dict:
         workload=images.NAME, table=table, model_name=cfg.registry.image_model, labels=labels,
         data=data, decoder=decoder,
         model_spec={"kind": "image", "shape": list(shape), "n_classes": len(labels),
-                    "architecture": arch, "learning_rate": tcfg.learning_rate,
-                    "seed": tcfg.seed, "augment": icfg.augment, "backbone": icfg.backbone,
+                    "architecture": arch, "seed": tcfg.seed, "augment": icfg.augment,
+                    "backbone": icfg.backbone,
                     "backbone_weights": icfg.backbone_weights,
                     "freeze_backbone": icfg.freeze_backbone},
         input_name="image", params=params,
@@ -147,40 +147,37 @@ def run_training(spark, cfg: Config, job: TrainingJob) -> dict:
         shutil.rmtree(cache_root, ignore_errors=True)
 
 
-def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str,
-          workers: int) -> dict:
-    """What every training worker needs, as JSON (see training/worker.py)."""
+def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache,
+          run_key: str) -> tuple[dict, settings_.Settings]:
+    """What every training worker needs, as JSON (see training/worker.py), and the
+    training settings chosen for this data (see training/settings.py)."""
     tcfg = cfg.train
     train_files = cache.files("train")
-    pipelines = max(workers, 1)
-    per_pipeline = tcfg.batch_size // pipelines
-    if per_pipeline < 1:
-        raise ValueError(f"train.batch_size {tcfg.batch_size} is smaller than the "
-                         f"{pipelines} workers")
+    pipelines = max(tcfg.workers, 1)
     petastorm = None
     if tcfg.feed == "petastorm":
         from .training import petastorm_feed
         petastorm = petastorm_feed.materialize(spark, cache.root, cache.rows["train"],
                                                job.decoder, pipelines)
         # The readers run endlessly: each worker's steps are its share of the rows.
-        shard_rows = [petastorm["dataset_size"] // pipelines]
+        shard_rows = [petastorm["dataset_size"] // pipelines] * pipelines
     else:
         rows = feed.parquet_rows(train_files)
         shard_rows = [sum(rows[i::pipelines]) for i in range(pipelines)]
-    steps = min(shard_rows) // per_pipeline
-    if steps < 1:
-        raise ValueError(f"{min(shard_rows)} training rows per worker are fewer than one batch "
-                         f"of {per_pipeline}: lower train.batch_size or train.workers")
-    return {"model": job.model_spec, "decoder": job.decoder.spec, "train_files": train_files,
-            "val_files": cache.files("validation"), "epochs": tcfg.epochs,
-            "global_batch": per_pipeline * pipelines, "steps_per_epoch": steps,
-            "patience": tcfg.patience, "seed": tcfg.seed, "shuffle_buffer": job.shuffle_buffer,
+    chosen = settings_.resolve(tcfg.batch_size, tcfg.epochs, tcfg.patience, tcfg.learning_rate,
+                               shard_rows)
+    spec = {"model": {**job.model_spec, "learning_rate": chosen.learning_rate},
+            "decoder": job.decoder.spec, "train_files": train_files,
+            "val_files": cache.files("validation"), "epochs": chosen.epochs,
+            "global_batch": chosen.global_batch, "steps_per_epoch": chosen.steps_per_epoch,
+            "patience": chosen.patience, "seed": tcfg.seed, "shuffle_buffer": job.shuffle_buffer,
             "checkpoint_dir": str(Path(tcfg.checkpoint_dir) / run_key),
             "output_dir": str(Path(cache.root) / "_output"),
             "tensorflow": {"intra_op_threads": cfg.tensorflow.intra_op_threads,
                            "inter_op_threads": cfg.tensorflow.inter_op_threads},
             "precision": tcfg.precision, "fault": _fault(tcfg.checkpoint_dir, run_key),
             "petastorm": petastorm}
+    return spec, chosen
 
 
 def _fault(checkpoint_dir: str, run_key: str) -> Optional[dict]:
@@ -194,13 +191,12 @@ def _fault(checkpoint_dir: str, run_key: str) -> Optional[dict]:
             "marker": str(Path(checkpoint_dir) / run_key / "fault-injected")}
 
 
-def _fit(spark, cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str):
+def _fit(cfg: Config, spec: dict, spark=None):
     """Train on the driver (``train.workers: 0``) or on N barrier workers; return the
     trained model (in this process) and the chief's result."""
     from .models import build_from_spec
     from .training import launcher, worker
     workers = cfg.train.workers
-    spec = _spec(spark, cfg, job, cache, run_key, workers)
     if workers == 0:
         import keras
         tf = configure_tensorflow(cfg.tensorflow.intra_op_threads, cfg.tensorflow.inter_op_threads)
@@ -212,9 +208,9 @@ def _fit(spark, cfg: Config, job: TrainingJob, cache: feed.Cache, run_key: str):
         finally:   # the dtype policy is process-wide: leave it as it was
             keras.mixed_precision.set_global_policy(previous)
         return model, {**result, "attempts": 1, "all_workers": [result]}
-    results = launcher.run_workers(spark, spec, str(Path(cache.root) / "_spec.json"), workers,
-                                   cfg.train.max_attempts, _progress)
-    model = build_from_spec(job.model_spec)
+    results = launcher.run_workers(spark, spec, str(Path(spec["output_dir"]).parent / "_spec.json"),
+                                   workers, cfg.train.max_attempts, _progress)
+    model = build_from_spec(spec["model"])
     model.optimizer.build(model.trainable_variables)  # saved with its slots, as on the workers
     worker.load_final_weights(model, spec["output_dir"])
     return model, {**results[0], "all_workers": results}
@@ -231,8 +227,12 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
     def test_batches():
         return feed.iter_batches(cache.files("test"), job.decoder, 1024)
 
-    params = {"table": job.table, "epochs": tcfg.epochs, "batch_size": tcfg.batch_size,
-              "learning_rate": tcfg.learning_rate, "patience": tcfg.patience,
+    spec, chosen = _spec(spark, cfg, job, cache, run_key)
+    _progress(chosen.describe())
+    params = {"table": job.table, "epochs": chosen.epochs, "batch_size": chosen.global_batch,
+              "learning_rate": chosen.learning_rate, "patience": chosen.patience,
+              "auto_settings": ",".join(sorted(k for k, v in chosen.why.items()
+                                               if v.startswith("auto"))) or "none",
               "strategy": tcfg.strategy if tcfg.workers == 0 else "multi_worker_mirrored",
               "workers": tcfg.workers, "precision": tcfg.precision, "feed": tcfg.feed,
               "shuffle_buffer": job.shuffle_buffer, "split_seed": tcfg.split.seed,
@@ -241,7 +241,7 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
               **{f"rows_{k}": v for k, v in cache.rows.items()}}
     with mlflow.start_run() as run:
         mlflow.log_params(params)
-        model, fit = _fit(spark, cfg, job, cache, run_key)
+        model, fit = _fit(cfg, spec, spark)
         history = fit["history"]
         for i in range(len(history["loss"])):
             mlflow.log_metrics({k: v[i] for k, v in history.items()}, step=i + 1)
@@ -297,7 +297,7 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
             "epochs_run": epochs_run, "workers": tcfg.workers, "attempts": fit["attempts"],
             "resumed_from_epoch": fit["resumed_from_epoch"],
             "weights_digests": [w["weights_digest"] for w in fit["all_workers"]],
-            "rows": cache.rows, "labels": list(labels),
+            "rows": cache.rows, "labels": list(labels), "settings": chosen.summary(),
             "test_metrics": {k: round(v, 6) if isinstance(v, float) else v
                              for k, v in test.items()},
             "test_confusion_matrix": cm.tolist()}

@@ -1,0 +1,126 @@
+"""Training settings that follow the data: batch size, epochs, patience and learning rate.
+
+Every one of ``train.batch_size``, ``train.epochs``, ``train.patience`` and
+``train.learning_rate`` is a value or ``auto`` (the default). An explicit value always wins;
+``auto`` is chosen here from the training rows each worker holds, so the defaults suit a
+1,000-row export as well as a million generated rows (measurements: docs/training.md).
+
+- **batch size** (the global batch, split evenly between workers): the largest power of two
+  that still gives an epoch at least :data:`MIN_STEPS` steps, between :data:`MIN_BATCH` and
+  :data:`MAX_BATCH`; never more rows than the smallest worker's share. It is chosen from all
+  training rows, so N workers run the same global batch and steps as one.
+- **epochs**: enough for at least :data:`TARGET_STEPS` optimizer steps, between
+  :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`. Early stopping on validation loss (with the best
+  epoch's weights restored) decides when to stop, so this is a ceiling: sets with 100 steps
+  per epoch or more keep 10 epochs.
+- **patience**: an eighth of the epochs, between 3 and 10 (small validation sets are noisy).
+- **learning rate**: Adam's 0.001 for batches up to :data:`MAX_BATCH`; above that (an explicit
+  large batch) it grows with the square root of the batch (the square-root scaling rule for
+  adaptive optimizers).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+from ..config import AUTO
+
+MIN_STEPS = 50
+MIN_BATCH = 32
+MAX_BATCH = 1024
+TARGET_STEPS = 1000
+MIN_EPOCHS = 10
+MAX_EPOCHS = 100
+BASE_LEARNING_RATE = 1e-3
+
+
+@dataclass
+class Settings:
+    """The settings a training run uses, and why (``why`` maps each name to its reason)."""
+    global_batch: int
+    per_worker_batch: int
+    steps_per_epoch: int
+    epochs: int
+    patience: int
+    learning_rate: float
+    why: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"batch_size": self.global_batch, "per_worker_batch": self.per_worker_batch,
+                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs,
+                "patience": self.patience, "learning_rate": self.learning_rate,
+                "why": dict(self.why)}
+
+    def describe(self) -> str:
+        """One line for the training log."""
+        return "; ".join(f"{name} {value} ({self.why[name]})" for name, value in (
+            ("batch_size", self.global_batch), ("epochs", self.epochs),
+            ("patience", self.patience), ("learning_rate", f"{self.learning_rate:g}")))
+
+
+def _power_of_two_at_most(x: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(x)))) if x >= 1 else 1
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def resolve(batch_size: Union[int, str], epochs: Union[int, str], patience: Union[int, str],
+            learning_rate: Union[float, str], shard_rows: Sequence[int]) -> Settings:
+    """Settings for workers holding ``shard_rows`` training rows each (one entry per
+    worker; the driver counts as one). Raises ValueError when an explicit batch cannot
+    give every worker one full step."""
+    workers = len(shard_rows)
+    total, smallest = int(sum(shard_rows)), int(min(shard_rows))
+    if smallest < 1:
+        raise ValueError(f"a training worker has no training rows ({list(shard_rows)} rows per "
+                         f"worker): lower train.workers or add data")
+    rows = _plural(total, "training row")
+    on = "" if workers == 1 else f" on {workers} workers"
+    why: dict[str, str] = {}
+    if batch_size == AUTO:
+        target = _power_of_two_at_most(total / MIN_STEPS)
+        global_batch = min(max(target, MIN_BATCH), MAX_BATCH)
+        per_worker = min(max(1, global_batch // workers), smallest)
+        global_batch = per_worker * workers
+        steps = smallest // per_worker
+        why["batch_size"] = f"auto: {rows}{on}, {steps} steps per epoch"
+    else:
+        per_worker = int(batch_size) // workers
+        if per_worker < 1:
+            raise ValueError(f"train.batch_size {batch_size} is smaller than the {workers} "
+                             f"workers")
+        global_batch = per_worker * workers
+        steps = smallest // per_worker
+        if steps < 1:
+            raise ValueError(f"{smallest} training rows per worker are fewer than one batch of "
+                             f"{per_worker}: lower train.batch_size or train.workers (or leave "
+                             f"train.batch_size at auto)")
+        why["batch_size"] = "set"
+    if epochs == AUTO:
+        n_epochs = min(max(math.ceil(TARGET_STEPS / steps), MIN_EPOCHS), MAX_EPOCHS)
+        why["epochs"] = (f"auto: at most {n_epochs} of {steps} steps; early stopping decides"
+                         if n_epochs > MIN_EPOCHS else
+                         f"auto: at most {n_epochs}; early stopping decides")
+    else:
+        n_epochs = int(epochs)
+        why["epochs"] = "set"
+    if patience == AUTO:
+        n_patience = min(max(n_epochs // 8, 3), 10)
+        why["patience"] = "auto: epochs / 8, between 3 and 10"
+    else:
+        n_patience = int(patience)
+        why["patience"] = "set"
+    if learning_rate == AUTO:
+        lr = BASE_LEARNING_RATE
+        why["learning_rate"] = f"auto: Adam's {BASE_LEARNING_RATE:g}"
+        if global_batch > MAX_BATCH:
+            lr = BASE_LEARNING_RATE * math.sqrt(global_batch / MAX_BATCH)
+            why["learning_rate"] = (f"auto: {BASE_LEARNING_RATE:g} x sqrt({global_batch} / "
+                                    f"{MAX_BATCH}), the square-root rule for Adam")
+    else:
+        lr = float(learning_rate)
+        why["learning_rate"] = "set"
+    return Settings(global_batch, per_worker, steps, n_epochs, n_patience, round(lr, 8), why)
