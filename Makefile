@@ -10,29 +10,40 @@ COMPAT_VENV  ?= .venv-compat
 COMPAT_PY    := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.sparkeras-installed
 
-.PHONY: run test test-compat setup setup-compat java bench bench-images bench-train bench-feeds clean spark-sql
+.PHONY: help run test test-fast lint test-compat setup setup-compat java bench bench-images \
+	bench-train bench-feeds clean spark-sql
+.DEFAULT_GOAL := help
 
-run: setup
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+run: setup  ## set up, then run the end-to-end demo (1M incidents)
 	$(VENV)/bin/sparkeras demo
 
-test: setup
+test: setup lint  ## lint, then the whole test suite (about 9 minutes on 2 cores)
 	$(PY) -m pytest tests
 
-test-compat: setup-compat
+test-fast: setup  ## the fast tier: no subprocesses, training or barrier stages (under 2 minutes)
+	$(PY) -m pytest tests -m "not slow"
+
+lint: setup  ## ruff: pycodestyle, pyflakes, import order, bugbear (settings in pyproject.toml)
+	$(VENV)/bin/ruff check .
+
+test-compat: setup-compat  ## the suite on the Spark 3.5 mirror of Databricks LTS runtimes
 	$(COMPAT_PY) -m pytest tests
 
-setup: java $(STAMP)
+setup: java $(STAMP)  ## .venv with the pinned stack (and Java 17 if missing)
 
 setup-compat: java $(COMPAT_STAMP)
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m pip check
 	touch $(STAMP)
 
-$(COMPAT_STAMP): setup.py constraints-compat.txt
+$(COMPAT_STAMP): setup.py pyproject.toml constraints-compat.txt
 	$(PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_PY) -m pip install -q --upgrade pip setuptools wheel
 	$(COMPAT_PY) -m pip install -q -c constraints-compat.txt -e ".[dev,petastorm]"
@@ -46,24 +57,24 @@ java:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q openjdk-17-jre-headless; }
 
-bench: setup
+bench: setup  ## scoring benchmark, incidents (bench/results/)
 	$(PY) bench/score_incidents.py
 
-bench-images: setup
+bench-images: setup  ## scoring benchmark, images
 	$(PY) bench/score_images.py
 
-bench-train: setup
+bench-train: setup  ## training throughput, 1 and 2 workers
 	$(PY) bench/train_scaling.py
 
 # The training feeds side by side on the Spark 3.5 stack: sparkeras' Arrow reader vs petastorm.
-bench-feeds: setup-compat
+bench-feeds: setup-compat  ## training feeds: arrow vs petastorm (Spark 3.5 stack)
 	$(COMPAT_PY) bench/train_scaling.py --feeds arrow,petastorm --workers 0,2
 
-clean:
+clean:  ## remove the local state (.sparkeras: warehouse, metastore, MLflow, logs)
 	rm -rf .sparkeras
 
 # The interactive spark-sql shell on the local warehouse and metastore.
-spark-sql: setup
+spark-sql: setup  ## the interactive spark-sql shell on the local warehouse
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH spark-sql \
 	  --conf spark.sql.warehouse.dir=$(CURDIR)/.sparkeras/warehouse \
 	  --conf "spark.hadoop.javax.jdo.option.ConnectionURL=jdbc:derby:;databaseName=$(CURDIR)/.sparkeras/metastore_db;create=true"

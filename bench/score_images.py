@@ -6,7 +6,7 @@ Part 1, 28x28x1 with the classic CNN (trained and registered by sparkeras), N im
 in memory as an ingested table (raw bytes + height/width/channels), each Spark method
 writing to the ``noop`` sink in local[2]:
 
-- sparkeras:          ``sparkeras.scoring.predict_image_columns`` (the score stage's
+- sparkeras:          ``images.predict_image_columns`` (the score stage's
                       transform: label, confidence, top 3 labels and probabilities)
 - spark_udf:          ``mlflow.pyfunc.spark_udf`` on a custom pyfunc that decodes the bytes
                       and calls the Keras model; returns the 10 probabilities
@@ -38,7 +38,6 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-
 from _common import bench_session, log, timed, write_results
 
 
@@ -97,10 +96,10 @@ def main() -> None:
     from pyspark.sql.types import ArrayType, FloatType
 
     from sparkeras.ingest import ingest_images
-    from sparkeras.scoring import images_to_array, predict_image_columns, resolve_model
+    from sparkeras.scoring import resolve_model
     from sparkeras.session import temporary_conf
     from sparkeras.train import train_images
-    from sparkeras.workloads import images
+    from sparkeras.workloads import image_synth, images
 
     cfg, spark = bench_session("train.epochs=1", "train.batch_size=128")
     state = cfg.state_dir
@@ -108,15 +107,15 @@ def main() -> None:
     shape = (28, 28, 1)
 
     log("training the benchmark model (classic CNN, 28x28x1)")
-    images.generate(spark, 7000, f"{state}/train_idx", "idx", seed=1)
-    ingest_images(spark, f"{state}/train_idx", "bench_train", "idx", shape)
+    image_synth.generate(spark, 7000, f"{state}/train_idx", "idx", seed=1)
+    ingest_images(spark, cfg, f"{state}/train_idx", "bench_train", "idx", size=shape)
     trained = train_images(spark, cfg, "default.bench_train")
     model = resolve_model(cfg, f"models:/{cfg.registry.image_model}/{trained['model_version']}",
                           cfg.registry.image_model)
 
     log(f"generating and ingesting {args.images:,} images to score")
-    images.generate(spark, args.images, f"{state}/score_idx", "idx", seed=2)
-    ingest_images(spark, f"{state}/score_idx", "bench_score", "idx", shape, labeled=False)
+    image_synth.generate(spark, args.images, f"{state}/score_idx", "idx", seed=2)
+    ingest_images(spark, cfg, f"{state}/score_idx", "bench_score", "idx", labeled=False, size=shape)
     df = spark.table("bench_score").select("image_id", "image", "height", "width", "channels") \
         .repartition(2).cache()
     n = df.count()
@@ -130,8 +129,8 @@ def main() -> None:
         return run
 
     def sparkeras_query():
-        return predict_image_columns(df, model, tracking, tracking, cfg.score.worker_threads,
-                                     cfg.score.predict_chunk_rows).select(
+        return images.predict_image_columns(df, model, cfg.score.worker_threads,
+                                            cfg.score.predict_chunk_rows).select(
             "image_id", "predicted_label", "confidence", "top_1_label", "top_1_probability",
             "top_2_label", "top_2_probability", "top_3_label", "top_3_probability")
 
@@ -180,7 +179,7 @@ def main() -> None:
             t = time.perf_counter()
             for i in range(0, len(pdf), chunk):
                 part = pdf.iloc[i:i + chunk]
-                x, _, _ = images_to_array(part["image"], part["height"], part["width"],
+                x, _, _ = images.images_to_array(part["image"], part["height"], part["width"],
                                           part["channels"], shape)
                 p = forward(x).numpy()
                 np.argsort(-p, axis=1)[:, :3]
@@ -239,10 +238,12 @@ def main() -> None:
 def folder_path(spark, cfg, state: str, count: int, repeats: int) -> dict:
     """224x224x3 MobileNetV2 from 500x375 JPEGs: decode+resize, score decoded, score encoded."""
     import copy
+
     from PIL import Image
     from pyspark.sql import functions as F
+
     from sparkeras.ingest import ingest_images
-    from sparkeras.scoring import predict_image_columns, resolve_model
+    from sparkeras.scoring import resolve_model
     from sparkeras.session import temporary_conf
     from sparkeras.train import train_images
     from sparkeras.workloads import image_synth, images
@@ -262,7 +263,10 @@ def folder_path(spark, cfg, state: str, count: int, repeats: int) -> dict:
     log("decode + resize alone: the ingest UDF over the photos, to the noop sink")
     decode_rows = images.decode_batch_rows(*size, cfg.images.decode_batch_rows)
 
-    tensors = images.to_tensors(images.read_folder(spark, str(photos)), *size) \
+    from sparkeras.sources import SourceFiles
+    from sparkeras.workloads import image_sources
+    tensors = images.to_tensors(image_sources.read_folder(
+        spark, SourceFiles(spark, str(photos), recursive=True)), *size) \
         .select("image_id", "image", "reason")      # listed once, outside the timing
 
     def decode_only():
@@ -279,8 +283,7 @@ def folder_path(spark, cfg, state: str, count: int, repeats: int) -> dict:
     decode = []
     for i in range(repeats + 1):
         t = time.perf_counter()
-        ingest_images(spark, str(photos), "bench_photos", "folder", size,
-                      decode_batch_rows=c.images.decode_batch_rows)
+        ingest_images(spark, c, str(photos), "bench_photos", "folder", size=size)
         decode.append(time.perf_counter() - t)
         log(f"folder ingest (decode + resize to 224x224) run {i}: {count / decode[-1]:,.1f} images/s")
     decode = decode[1:]
@@ -288,7 +291,6 @@ def folder_path(spark, cfg, state: str, count: int, repeats: int) -> dict:
     trained = train_images(spark, c, "default.bench_photos")
     model = resolve_model(c, f"models:/bench_mobilenet_v2/{trained['model_version']}",
                           "bench_mobilenet_v2")
-    tracking = c.mlflow.tracking_uri
     rows = images.decode_batch_rows(*size, c.score.arrow_batch_rows)
     decoded = spark.table("bench_photos").select("image_id", "image", "height", "width",
                                                  "channels").repartition(2).cache()
@@ -302,9 +304,8 @@ def folder_path(spark, cfg, state: str, count: int, repeats: int) -> dict:
     def score(df):
         def run():
             with temporary_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": rows}):
-                return timed(predict_image_columns(df, model, tracking, tracking,
-                                                   c.score.worker_threads,
-                                                   c.score.predict_chunk_rows)
+                return timed(images.predict_image_columns(df, model, c.score.worker_threads,
+                                                          c.score.predict_chunk_rows)
                              .select("image_id", "predicted_label", "confidence"))
         return run
     return {

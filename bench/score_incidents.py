@@ -3,7 +3,7 @@
 Run by hand (``make bench`` or ``python bench/score_incidents.py``). Methods, each writing
 to Spark's ``noop`` sink from the same cached input of N rows in local[2]:
 
-- sparkeras:          ``sparkeras.scoring.predict_columns`` (the score stage's transform)
+- sparkeras:          ``incidents.predict_columns`` (the score stage's transform)
 - spark_udf:          ``mlflow.pyfunc.spark_udf`` on an array of the 7 features
 - predict_batch_udf:  ``pyspark.ml.functions.predict_batch_udf``, batch 8192
 - floor:              a pass-through pandas UDF returning one int column
@@ -22,7 +22,6 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-
 from _common import bench_session, log, timed, write_results
 
 
@@ -38,7 +37,7 @@ def main() -> None:
     from pyspark.sql.types import ArrayType, FloatType
 
     from sparkeras.ingest import ingest_incidents
-    from sparkeras.scoring import predict_columns, resolve_model
+    from sparkeras.scoring import resolve_model
     from sparkeras.train import train_incidents
     from sparkeras.workloads import incidents
 
@@ -47,8 +46,8 @@ def main() -> None:
 
     log("training the benchmark model (MLP 64-64-3)")
     src = f"{state}/train_csv"
-    incidents.generate(spark, 50_000, seed=1).write.option("header", True).csv(src)
-    ingest_incidents(spark, src, "bench_train", "csv")
+    incidents.write_generated(spark, 50_000, src, seed=1)
+    ingest_incidents(spark, cfg, src, "bench_train", "csv")
     trained = train_incidents(spark, cfg, "default.bench_train")
     model = resolve_model(cfg, f"models:/{cfg.registry.incident_model}/{trained['model_version']}",
                           cfg.registry.incident_model)
@@ -64,7 +63,7 @@ def main() -> None:
 
     def sparkeras_method():
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.arrow_batch_rows))
-        return predict_columns(df, model, tracking, tracking).select(
+        return incidents.predict_columns(df, model).select(
             "ID", "predicted_label", "confidence", "probability_MEMORY_LEAK",
             "probability_NETWORK_DELAY", "probability_DATABASE_ISSUE")
 

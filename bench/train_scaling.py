@@ -25,7 +25,6 @@ import time
 from datetime import datetime, timezone
 
 import numpy as np
-
 from _common import bench_session, log, write_results
 
 
@@ -59,6 +58,7 @@ def train_throughput(spark, cfg, table: str, train_fn, workers_list, epochs: int
 def feed_throughput(data, decoder, batch: int, shuffle: int, root: str, repeats: int) -> dict:
     """The training feed against an in-memory numpy feed of the same rows."""
     import tensorflow as tf
+
     from sparkeras.training import feed
     cache = feed.write_cache(data, root)
     files = cache.files("train")
@@ -82,7 +82,7 @@ def feed_throughput(data, decoder, batch: int, shuffle: int, root: str, repeats:
     out = {"rows": rows, "batch": batch, "shuffle_buffer": shuffle}
     for name, make in (("spark_fed", spark_fed), ("in_memory_numpy", in_memory)):
         runs = []
-        for i in range(repeats + 1):
+        for _ in range(repeats + 1):
             t = time.perf_counter()
             n = sum(int(b[1].shape[0]) for b in make())
             runs.append(n / (time.perf_counter() - t))
@@ -112,10 +112,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from pyspark.sql import functions as F
+
     from sparkeras.ingest import ingest_images, ingest_incidents
     from sparkeras.train import train_images, train_incidents
     from sparkeras.training import feed
-    from sparkeras.workloads import images, incidents
+    from sparkeras.workloads import image_synth, incidents
 
     cfg, spark = bench_session("train.batch_size=512", "train.hidden_units=[64, 64]",
                                "tensorflow.inter_op_threads=1")
@@ -124,9 +125,9 @@ def main() -> None:
     log(f"preparing {args.incidents:,} incidents and {args.images:,} images")
     incidents.generate(spark, args.incidents, seed=3).write.option("header", True) \
         .csv(f"{state}/inc")
-    ingest_incidents(spark, f"{state}/inc", "bench_incidents", "csv")
-    images.generate(spark, args.images, f"{state}/idx", "idx", seed=3)
-    ingest_images(spark, f"{state}/idx", "bench_images", "idx", (28, 28, 1))
+    ingest_incidents(spark, cfg, f"{state}/inc", "bench_incidents", "csv")
+    image_synth.generate(spark, args.images, f"{state}/idx", "idx", seed=3)
+    ingest_images(spark, cfg, f"{state}/idx", "bench_images", "idx", size=(28, 28, 1))
 
     results = {}
     feeds = args.feeds.split(",")

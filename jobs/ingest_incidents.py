@@ -1,7 +1,8 @@
 """Job entry point: `sparkeras ingest incidents` with this job's arguments.
 
-Used by the Databricks bundle (spark_python_task) and by spark-submit; all logic lives in
-the library. Example: ingest_incidents.py --conf conf/dev.yml ...
+For spark-submit (`spark-submit jobs/<name>.py ...`) or a Databricks spark_python_task; the
+bundle's own jobs call the wheel's `sparkeras` entry point (python_wheel_task) instead. All
+logic lives in the library. Example: ingest_incidents.py --conf conf/dev.yml ...
 """
 import sys
 

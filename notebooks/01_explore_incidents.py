@@ -32,7 +32,7 @@ table = nb.cfg.table_name(nb.widget("table", "incidents"))
 
 # COMMAND ----------
 
-ingested = ingest_incidents(nb.spark, source, table, "csv", nb.cfg.tables.format)
+ingested = ingest_incidents(nb.spark, nb.cfg, source, table, "csv")
 nb.display(ingested.summary())
 
 # COMMAND ----------

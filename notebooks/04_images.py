@@ -35,9 +35,7 @@ scored = cfg.table_name(nb.widget("output", "image_scores"))
 
 # COMMAND ----------
 
-ingested = ingest_images(nb.spark, source, table, fmt, getattr(cfg.images.size, fmt),
-                         cfg.tables.format, class_names=cfg.images.class_names,
-                         decode_batch_rows=cfg.images.decode_batch_rows)
+ingested = ingest_images(nb.spark, cfg, source, table, fmt)
 nb.display(ingested.summary())
 nb.display(explore.label_balance(nb.spark.table(table), "label"))
 
@@ -56,8 +54,8 @@ nb.display(tracking.model_versions(cfg, result["model_name"]))
 to_score = table
 if new_images:
     to_score = new_table
-    nb.display(ingest_images(nb.spark, new_images, to_score, "folder",
-                             getattr(cfg.images.size, fmt), cfg.tables.format, labeled=False,
-                             decode_batch_rows=cfg.images.decode_batch_rows).summary())
+    # new photos, stored at the size the model was trained on
+    nb.display(ingest_images(nb.spark, cfg, new_images, to_score, "folder", labeled=False,
+                             size=getattr(cfg.images.size, fmt)).summary())
 nb.display(score_images(nb.spark, cfg, to_score, scored).summary())
 nb.display(nb.spark.sql(analyst.least_confident_images(scored)))

@@ -35,6 +35,7 @@ def write_conf(state_dir, tmp_path_factory):
     """write_conf(*extra) -> the path of a YAML config file equal to the session's ``cfg``
     plus ``extra`` key=value settings (for notebooks and subprocesses that read a file)."""
     import yaml
+
     from sparkeras.config import parse_override
 
     def write(*extra: str) -> str:
@@ -65,7 +66,7 @@ def workdir(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def incident_table(spark, tmp_path_factory):
+def incident_table(spark, cfg, tmp_path_factory):
     """incident_table(name, rows, seed) -> ``rows`` generated incidents, exported as CSV and
     ingested into the table ``name``; returns its qualified name."""
     from sparkeras.ingest import ingest_incidents
@@ -73,7 +74,7 @@ def incident_table(spark, tmp_path_factory):
 
     def make(name: str, rows: int, seed: int) -> str:
         src = str(tmp_path_factory.mktemp(name) / "incidents")
-        incidents.generate(spark, rows, seed=seed).write.option("header", True).csv(src)
-        ingest_incidents(spark, src, name, "csv")
+        incidents.write_generated(spark, rows, src, seed=seed)
+        ingest_incidents(spark, cfg, src, name, "csv")
         return f"default.{name}"
     return make

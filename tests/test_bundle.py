@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 from databricks.bundles.jobs import Job
 
-from sparkeras.bundle import BundleError, check_target, dynamic_sample, load_bundle, resolve
-from sparkeras.cli import check_arguments
+from bundle_check import (
+    BundleError,
+    check_arguments,
+    check_target,
+    dynamic_sample,
+    load_bundle,
+    resolve,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["dev", "prod"]
@@ -45,6 +51,10 @@ def wheel_entry_points(bundle, tmp_path_factory):
     with zipfile.ZipFile(whl) as z:
         names = z.namelist()
         assert "sparkeras/cli.py" in names and "sparkeras/training/worker.py" in names
+        # the package ships no test tooling: it lives in tests/
+        assert not [n for n in names if n.startswith("sparkeras/") and
+                    any(word in n for word in ("bundle", "test", "check"))], names
+        assert "sparkeras/__main__.py" in names
         text = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     scripts = {}
     section = None
@@ -117,7 +127,8 @@ def test_daily_scoring_is_paused_in_dev_and_runs_in_prod(bundle):
     ingest, score = prod["tasks"]
     # the day is the batch: a rerun replaces that day's rows, and only that day is scored
     p = ingest["python_wheel_task"]["parameters"]
-    assert p[p.index("--source") + 1] == "/Volumes/main/sparkeras/landing/incidents/{{job.trigger.time.iso_date}}"
+    assert p[p.index("--source") + 1] == \
+        "/Volumes/main/sparkeras/landing/incidents/{{job.trigger.time.iso_date}}"
     assert p[p.index("--batch-id") + 1] == "{{job.trigger.time.iso_date}}"
     s = score["python_wheel_task"]["parameters"]
     assert s[s.index("--input-batch") + 1] == "{{job.trigger.time.iso_date}}"

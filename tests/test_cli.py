@@ -8,6 +8,8 @@ import pytest
 
 from clirun import sparkeras
 
+pytestmark = pytest.mark.slow   # processes, training, barrier stages
+
 
 @pytest.fixture(scope="module")
 def demo_state(tmp_path_factory):
@@ -29,6 +31,24 @@ def test_demo_prints_the_analyst_answer_and_one_json_summary(demo_state):
     assert summary["score"]["scored_rows"] + summary["score"]["quarantined_rows"] == 3002
     assert sum(r["incidents"] for r in summary["root_causes_per_day"]) == 3002
     assert "[sparkeras] step 5/5" in proc.stderr
+    # the terminal shows sparkeras's own lines only: Spark, TensorFlow and MLflow write to
+    # the run's log file
+    assert [line for line in proc.stderr.splitlines() if not line.startswith("[sparkeras] ")] == []
+    state, _ = demo_state
+    (log_file,) = (state / "logs").glob("sparkeras-demo-*.log")
+    assert "step 5/5" in log_file.read_text()
+
+
+def test_too_few_task_slots_is_one_line_and_exit_code_1(demo_state):
+    state, _ = demo_state
+    proc = sparkeras(state, "train", "incidents", "--table", "incidents", "--workers", "3",
+                     check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "sparkeras: error: train.workers=3 needs 3 task slots at once (one barrier task per "
+        "worker), but this cluster has 2: lower train.workers, or add executors/cores "
+        "(spark.task.cpus and spark.task.resource.gpu.amount count too)")
+    assert "Traceback" not in proc.stderr
 
 
 def test_tables_survive_the_process_and_sql_formats(demo_state):

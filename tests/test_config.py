@@ -56,7 +56,8 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_override_errors_name_the_override():
-    with pytest.raises(ConfigError, match=r"--set train.batch_size=big: 'train.batch_size' must be an integer"):
+    with pytest.raises(ConfigError,
+                       match=r"--set train.batch_size=big: 'train.batch_size' must be an integer"):
         load_config(None, ["train.batch_size=big"])
     with pytest.raises(ConfigError, match="unknown key 'spark.mastr'"):
         load_config(None, ["spark.mastr=local[1]"])

@@ -5,8 +5,10 @@ import json
 
 import pytest
 
-from sparkeras.training import launcher
 from sparkeras.train import train_incidents
+from sparkeras.training import launcher
+
+pytestmark = pytest.mark.slow   # processes, training, barrier stages
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Ingest of image datasets from real files in the real formats, with exact counts."""
+import copy
 import gzip
 import io
 import json
@@ -10,7 +11,7 @@ from PIL import Image
 from pyspark.sql import functions as F
 
 from sparkeras.ingest import ingest_images
-from sparkeras.workloads import image_formats, images
+from sparkeras.workloads import image_formats, image_synth
 
 
 def _photo(mode, size, fmt, value):
@@ -52,7 +53,7 @@ def _rows(spark, table, batch_id):
 
 
 def test_photo_folder_exact_counts_and_quarantine(spark, cfg, photo_folder):
-    result = ingest_images(spark, str(photo_folder), "photos", "folder", (24, 32, 3))
+    result = ingest_images(spark, cfg, str(photo_folder), "photos", "folder", size=(24, 32, 3))
     assert result.summary()["input_files"] == 11
     assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (11, 8, 3)
     assert result.labels == {"cats": 4, "dogs": 3, "golden retriever": 1}
@@ -78,13 +79,13 @@ def test_photo_folder_exact_counts_and_quarantine(spark, cfg, photo_folder):
 
 
 def test_reingest_replaces_the_batch_and_unlabeled_images(spark, cfg, photo_folder):
-    first = ingest_images(spark, str(photo_folder), "photos2", "folder", (16, 16, 1))
-    again = ingest_images(spark, str(photo_folder), "photos2", "folder", (16, 16, 1))
+    first = ingest_images(spark, cfg, str(photo_folder), "photos2", "folder", size=(16, 16, 1))
+    again = ingest_images(spark, cfg, str(photo_folder), "photos2", "folder", size=(16, 16, 1))
     assert first.batch_id == again.batch_id
     assert spark.table("photos2").count() == 8
     assert spark.table("photos2_quarantine").count() == 3
-    new = ingest_images(spark, str(photo_folder / "test"), "new_photos", "folder", (16, 16, 1),
-                        labeled=False)
+    new = ingest_images(spark, cfg, str(photo_folder / "test"), "new_photos", "folder",
+                        labeled=False, size=(16, 16, 1))
     assert (new.valid_rows, new.quarantined_rows) == (2, 0)
     assert spark.table("new_photos").where("label is null and split is null").count() == 2
     assert sorted(r.image_id for r in spark.table("new_photos").collect()) == [
@@ -108,8 +109,9 @@ def test_idx_pairs_gzipped_and_raw(spark, cfg, tmp_path):
     _idx_pair(tmp_path, "t10k", test, [9 - i % 10 for i in range(12)], gz=False)
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
              "Sneaker", "Bag", "Ankle boot"]
-    result = ingest_images(spark, str(tmp_path), "fashion", "idx", (28, 28, 1),
-                           class_names=names)
+    named = copy.deepcopy(cfg)
+    named.images.class_names = names
+    result = ingest_images(spark, named, str(tmp_path), "fashion", "idx", size=(28, 28, 1))
     assert (result.input_files, result.input_rows, result.valid_rows,
             result.quarantined_rows) == (4, 42, 42, 0)
     rows = _rows(spark, "fashion", result.batch_id)
@@ -129,13 +131,14 @@ def test_idx_problems_are_quarantined_per_file(spark, cfg, tmp_path):
     (tmp_path / "README.md").write_text("MNIST\n")
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(gzip.decompress(
         (tmp_path / "train-labels-idx1-ubyte.gz").read_bytes()))      # unpacked copy
-    result = ingest_images(spark, str(tmp_path), "digits_bad", "idx", (28, 28, 1))
+    result = ingest_images(spark, cfg, str(tmp_path), "digits_bad", "idx", size=(28, 28, 1))
     # train: 4 images + 1 bad label; t10k: one row for the pair; extra: bad magic; README;
     # the unpacked copy of the train labels
     assert (result.input_files, result.input_rows, result.valid_rows,
             result.quarantined_rows) == (7, 9, 4, 5)
     reasons = {r.image_id: r.reason for r in spark.table("digits_bad_quarantine").collect()}
-    assert reasons["train-images-idx3-ubyte.gz#4"] == "label 12 outside the 10 class names (images.class_names)"
+    assert reasons["train-images-idx3-ubyte.gz#4"] == \
+        "label 12 outside the 10 class names (images.class_names)"
     assert reasons["t10k-images-idx3-ubyte.gz"] == (
         "5 images but 4 labels in " + [r.source for r in spark.table("digits_bad_quarantine")
                                        .where("image_id like 't10k%'").collect()][0]
@@ -157,7 +160,7 @@ def test_cifar_batches_with_meta_and_a_truncated_record(spark, cfg, tmp_path):
     (tmp_path / "batches.meta.txt").write_text(
         "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n")
     (tmp_path / "data_batch_2.bin").write_bytes(b"")
-    result = ingest_images(spark, str(tmp_path), "cifar", "cifar", (32, 32, 3))
+    result = ingest_images(spark, cfg, str(tmp_path), "cifar", "cifar", size=(32, 32, 3))
     assert (result.input_files, result.input_rows, result.valid_rows,
             result.quarantined_rows) == (4, 9, 6, 3)
     rows = _rows(spark, "cifar", result.batch_id)
@@ -176,9 +179,9 @@ def test_cifar_batches_with_meta_and_a_truncated_record(spark, cfg, tmp_path):
 def test_generated_files_ingest_with_exact_counts(spark, cfg, tmp_path):
     for fmt, size in (("idx", (28, 28, 1)), ("cifar", (32, 32, 3)), ("folder", (20, 20, 3))):
         out = tmp_path / fmt
-        summary = images.generate(spark, 70, str(out), fmt, seed=5, n_classes=4)
+        summary = image_synth.generate(spark, 70, str(out), fmt, seed=5, n_classes=4)
         assert summary["images"] == 70
-        result = ingest_images(spark, str(out), f"gen_{fmt}", fmt, size)
+        result = ingest_images(spark, cfg, str(out), f"gen_{fmt}", fmt, size=size)
         assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (70, 70, 0)
         splits = {r[0]: r[1] for r in spark.table(f"gen_{fmt}").groupBy("split").count().collect()}
         assert splits == {"test": 10, "train": 60} if fmt != "cifar" else {"test": 11, "train": 59}

@@ -48,9 +48,9 @@ def write_export(folder):
     return folder
 
 
-def test_csv_export_every_bad_class_quarantined_with_reason(spark, tmp_path):
+def test_csv_export_every_bad_class_quarantined_with_reason(spark, cfg, tmp_path):
     src = write_export(tmp_path / "export")
-    result = ingest_incidents(spark, str(src), "ing_csv", "csv")
+    result = ingest_incidents(spark, cfg, str(src), "ing_csv", "csv")
     assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (18, 4, 14)
     assert result.input_rows == result.valid_rows + result.quarantined_rows
 
@@ -72,30 +72,30 @@ def test_csv_export_every_bad_class_quarantined_with_reason(spark, tmp_path):
     assert batches == {result.batch_id}
 
 
-def test_reingesting_the_same_source_does_not_duplicate(spark, tmp_path):
+def test_reingesting_the_same_source_does_not_duplicate(spark, cfg, tmp_path):
     src = write_export(tmp_path / "export")
-    first = ingest_incidents(spark, str(src), "ing_twice", "csv")
-    second = ingest_incidents(spark, str(src), "ing_twice", "csv")
+    first = ingest_incidents(spark, cfg, str(src), "ing_twice", "csv")
+    second = ingest_incidents(spark, cfg, str(src), "ing_twice", "csv")
     assert first.summary() == second.summary()
     assert spark.table("ing_twice").count() == 4
     assert spark.table("ing_twice_quarantine").count() == 14
 
 
-def test_ids_already_in_the_table_are_quarantined(spark, tmp_path):
-    ingest_incidents(spark, str(write_export(tmp_path / "first")), "ing_seen", "csv")
+def test_ids_already_in_the_table_are_quarantined(spark, cfg, tmp_path):
+    ingest_incidents(spark, cfg, str(write_export(tmp_path / "first")), "ing_seen", "csv")
     later = tmp_path / "later"
     later.mkdir()
     (later / "d.csv").write_text(
         "ID,CPU_LOAD,MEMORY_LEAK_LOAD,DELAY,ERROR_1000,ERROR_1001,ERROR_1002,ERROR_1003,ROOT_CAUSE\n"
         "1,0,0,0,0,0,0,0,MEMORY_LEAK\n100,0,0,0,0,0,0,0,MEMORY_LEAK\n")
-    result = ingest_incidents(spark, str(later), "ing_seen", "csv")
+    result = ingest_incidents(spark, cfg, str(later), "ing_seen", "csv")
     assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (2, 1, 1)
     reason = spark.table("ing_seen_quarantine").where(f"ingest_batch_id = '{result.batch_id}'").first().reason
     assert reason.startswith("ID already ingested in batch b")
     assert spark.table("ing_seen").count() == 5
 
 
-def test_parquet_with_typed_columns_and_nulls(spark, tmp_path):
+def test_parquet_with_typed_columns_and_nulls(spark, cfg, tmp_path):
     folder = tmp_path / "pq"
     folder.mkdir()
     good = pd.DataFrame({"ID": [1, 2, 3], **{c: [0, 1, 1] for c in FEATURES},
@@ -105,24 +105,25 @@ def test_parquet_with_typed_columns_and_nulls(spark, tmp_path):
     table = table.set_column(table.schema.get_field_index("CPU_LOAD"), "CPU_LOAD",
                              pa.array([0, None, 1], pa.int32()))
     pq.write_table(table, folder / "part-0.parquet")
-    result = ingest_incidents(spark, str(folder), "ing_parquet", "parquet")
+    result = ingest_incidents(spark, cfg, str(folder), "ing_parquet", "parquet")
     assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (3, 1, 2)
-    reasons = {json.loads(r.raw_record)["ID"]: r.reason for r in spark.table("ing_parquet_quarantine").collect()}
+    reasons = {json.loads(r.raw_record)["ID"]: r.reason
+               for r in spark.table("ing_parquet_quarantine").collect()}
     assert reasons == {2: "missing field CPU_LOAD", 3: "DELAY must be 0 or 1, got '2'"}
 
 
-def test_parquet_missing_a_column_quarantines_every_row(spark, tmp_path):
+def test_parquet_missing_a_column_quarantines_every_row(spark, cfg, tmp_path):
     folder = tmp_path / "pq_missing"
     folder.mkdir()
     df = pd.DataFrame({"ID": [1, 2], **{c: [0, 1] for c in FEATURES if c != "ERROR_1002"}})
     df.to_parquet(folder / "part-0.parquet", index=False)
-    result = ingest_incidents(spark, str(folder), "ing_pq_missing", "parquet")
+    result = ingest_incidents(spark, cfg, str(folder), "ing_pq_missing", "parquet")
     assert (result.valid_rows, result.quarantined_rows) == (0, 2)
     assert {r.reason for r in spark.table("ing_pq_missing_quarantine").collect()} == {
         "missing column ERROR_1002"}
 
 
-def test_json_lines(spark, tmp_path):
+def test_json_lines(spark, cfg, tmp_path):
     folder = tmp_path / "jsonl"
     folder.mkdir()
     flags = {c: 0 for c in FEATURES}
@@ -133,28 +134,28 @@ def test_json_lines(spark, tmp_path):
              '{"ID": 5, "CPU_LOAD": ',
              json.dumps({"ID": "five", **flags})]
     (folder / "x.json").write_text("\n".join(lines) + "\n")
-    result = ingest_incidents(spark, str(folder), "ing_json", "json")
+    result = ingest_incidents(spark, cfg, str(folder), "ing_json", "json")
     assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (6, 2, 4)
     reasons = sorted(r.reason for r in spark.table("ing_json_quarantine").collect())
     assert reasons == ["ERROR_1001 must be 0 or 1, got '2'", "ID is not an integer: 'five'",
                        "malformed JSON line", "missing field DELAY"]
 
 
-def test_no_matching_files_is_a_clear_error(spark, tmp_path):
+def test_no_matching_files_is_a_clear_error(spark, cfg, tmp_path):
     with pytest.raises(Exception, match="(?i)path does not exist|no input files"):
-        ingest_incidents(spark, str(tmp_path / "nothing*.csv"), "ing_none", "csv")
+        ingest_incidents(spark, cfg, str(tmp_path / "nothing*.csv"), "ing_none", "csv")
 
 
-def test_file_without_header_is_quarantined(spark, tmp_path):
+def test_file_without_header_is_quarantined(spark, cfg, tmp_path):
     folder = tmp_path / "noheader"
     folder.mkdir()
     (folder / "n.csv").write_text("1,0,0,0,0,0,0,0,MEMORY_LEAK\n")
-    result = ingest_incidents(spark, str(folder), "ing_noheader", "csv")
+    result = ingest_incidents(spark, cfg, str(folder), "ing_noheader", "csv")
     assert (result.valid_rows, result.quarantined_rows) == (0, 1)
     assert spark.table("ing_noheader_quarantine").first().reason == "file has no header row"
 
 
-def test_ticketing_export_with_quoted_free_text(spark, tmp_path):
+def test_ticketing_export_with_quoted_free_text(spark, cfg, tmp_path):
     """Every field quoted (as a ticketing system exports), an extra DESCRIPTION column with
     commas, doubled quotes and line breaks: valid rows land in the table whatever their
     description holds; quarantined rows keep the record exactly as the file has it."""
@@ -185,7 +186,7 @@ def test_ticketing_export_with_quoted_free_text(spark, tmp_path):
     folder.mkdir()
     (folder / "tickets.csv").write_bytes(("\ufeff" + out.getvalue()).encode("utf-8"))
 
-    result = ingest_incidents(spark, str(folder), "ing_tickets", "csv")
+    result = ingest_incidents(spark, cfg, str(folder), "ing_tickets", "csv")
     assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (7, 4, 3)
     valid = spark.table("ing_tickets").select("ID", *FEATURES, "ROOT_CAUSE")
     expected = spark.createDataFrame(

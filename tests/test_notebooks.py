@@ -9,6 +9,8 @@ from pyspark.testing import assertDataFrameEqual
 
 from sparkeras.workloads import incidents
 
+pytestmark = pytest.mark.slow   # processes, training, barrier stages
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
@@ -103,10 +105,10 @@ def test_incident_notebooks_explore_train_and_score(spark, write_conf, tmp_path)
 def test_images_notebook_trains_and_scores_new_images(spark, write_conf, tmp_path):
     from PIL import Image
 
-    from sparkeras.workloads import images
+    from sparkeras.workloads import image_synth
     conf = write_conf("registry.image_model=nb_image_classifier", "train.epochs=4",
                       "train.batch_size=64")
-    images.generate(spark, 700, str(tmp_path / "idx"), "idx", seed=3, n_classes=4)
+    image_synth.generate(spark, 700, str(tmp_path / "idx"), "idx", seed=3, n_classes=4)
     new = tmp_path / "new"
     new.mkdir()
     for i, mode in enumerate(["L", "RGB", "RGBA"]):

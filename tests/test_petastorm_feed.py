@@ -7,7 +7,9 @@ import warnings
 
 import pytest
 
-from sparkeras.train import train_incidents, train_images
+from sparkeras.train import train_images, train_incidents
+
+pytestmark = pytest.mark.slow   # processes, training, barrier stages
 
 
 def _petastorm_imports() -> bool:
@@ -66,9 +68,9 @@ def test_petastorm_feed_trains_on_the_driver_and_on_barrier_workers(spark, ps_cf
 @needs_petastorm
 def test_petastorm_feed_decodes_image_bytes(spark, cfg, tmp_path):
     from sparkeras.ingest import ingest_images
-    from sparkeras.workloads import images
-    images.generate(spark, 1400, str(tmp_path / "idx"), "idx", seed=5, n_classes=4)
-    ingest_images(spark, str(tmp_path / "idx"), "ps_images", "idx", [28, 28, 1])
+    from sparkeras.workloads import image_synth
+    image_synth.generate(spark, 1400, str(tmp_path / "idx"), "idx", seed=5, n_classes=4)
+    ingest_images(spark, cfg, str(tmp_path / "idx"), "ps_images", "idx", size=[28, 28, 1])
     c = copy.deepcopy(cfg)
     c.registry.image_model = "ps_images"
     c.train.feed = "petastorm"

@@ -5,10 +5,11 @@ import copy
 import numpy as np
 import pytest
 
-from clirun import sparkeras, summary
 from sparkeras.config import Config
 from sparkeras.training import feed
 from sparkeras.workloads import incidents
+
+from clirun import sparkeras, summary
 
 
 def write_incident_export(spark, path, rows, seed):
@@ -60,6 +61,7 @@ def write_digits_idx(folder):
     and centred in 28x28 as MNIST is, written as gzipped IDX files."""
     from PIL import Image
     from sklearn.datasets import load_digits
+
     from sparkeras.workloads.image_formats import encode_idx
     digits = load_digits()
     images = np.zeros((len(digits.images), 28, 28), np.uint8)
@@ -77,10 +79,11 @@ def test_real_handwritten_digits_converge_with_the_default_settings(spark, cfg, 
     """1,797 real digits (1,454 for training): with a batch of 1024 an epoch would be one
     step (0.54 test accuracy after ten); the defaults must learn them."""
     from mlflow import MlflowClient
+
     from sparkeras.ingest import ingest_images
     from sparkeras.train import train_images
     assert write_digits_idx(tmp_path / "digits") == 1797
-    ingest_images(spark, str(tmp_path / "digits"), "real_digits", "idx", [28, 28, 1])
+    ingest_images(spark, cfg, str(tmp_path / "digits"), "real_digits", "idx", size=[28, 28, 1])
     c = copy.deepcopy(cfg)
     c.train = copy.deepcopy(Config().train)        # every training setting at its default
     c.train.checkpoint_dir, c.train.cache_dir = cfg.train.checkpoint_dir, cfg.train.cache_dir

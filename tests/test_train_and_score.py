@@ -3,13 +3,15 @@ import copy
 import json
 
 import pytest
-from pyspark.sql import functions as F
 from mlflow import MlflowClient
+from pyspark.sql import functions as F
 
 from sparkeras.ingest import ingest_incidents
 from sparkeras.scoring import score_incidents
 from sparkeras.train import train_incidents
 from sparkeras.workloads import incidents
+
+pytestmark = pytest.mark.slow   # processes, training, barrier stages
 
 MODEL = "incident_root_cause"
 
@@ -41,7 +43,8 @@ def test_run_has_params_epoch_metrics_artifacts_and_model(trained, cfg):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert artifacts == {"evaluation/confusion_matrix.json", "evaluation/confusion_matrix.png",
                          "evaluation/training_curves.png"}
-    cm = json.loads(open(client.download_artifacts(run.info.run_id, "evaluation/confusion_matrix.json")).read())
+    path = client.download_artifacts(run.info.run_id, "evaluation/confusion_matrix.json")
+    cm = json.loads(open(path).read())
     assert cm["labels"] == incidents.LABELS and cm["matrix"] == trained["test_confusion_matrix"]
     from mlflow.models import get_model_info
     info = get_model_info(f"models:/{MODEL}/1")
@@ -116,7 +119,8 @@ def test_daily_scoring_scores_only_the_named_ingest_batch(trained, spark, cfg, t
         incidents.generate(spark, n, seed=100 + seed, labeled=False).withColumn(
             "ID", F.col("ID") + 10_000 * (seed + 1)       # IDs unique across the days
         ).toPandas().to_csv(tmp_path / f"{day}.csv", index=False)
-        ingest_incidents(spark, str(tmp_path / f"{day}.csv"), "tr_daily", "csv", batch_id=day)
+        ingest_incidents(spark, cfg, str(tmp_path / f"{day}.csv"), "tr_daily", "csv",
+                         batch_id=day)
     first = score_incidents(spark, cfg, "default.tr_daily", "default.tr_daily_scores",
                             input_batches=["2026-11-20"])
     assert (first.input_rows, first.scored_rows, first.batch_ids) == (40, 40, ["2026-11-20"])

@@ -10,7 +10,9 @@ from pyspark.sql import functions as F
 from sparkeras.ingest import ingest_images
 from sparkeras.scoring import score_images
 from sparkeras.train import train_images
-from sparkeras.workloads import images
+from sparkeras.workloads import image_synth
+
+pytestmark = pytest.mark.slow   # processes, training, barrier stages
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +22,15 @@ def image_cfg(cfg):
     c.train.epochs = 3
     c.train.batch_size = 64
     c.images.misclassified_grid = 9
+    c.images.class_names = ["zero", "forty-five", "ninety", "one-thirty-five"]
     return c
 
 
 @pytest.fixture(scope="module")
 def trained(spark, image_cfg, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen_idx")
-    images.generate(spark, 1400, str(out), "idx", seed=11, n_classes=4)
-    ingest_images(spark, str(out), "digits", "idx", (28, 28, 1),
-                  class_names=["zero", "forty-five", "ninety", "one-thirty-five"])
+    image_synth.generate(spark, 1400, str(out), "idx", seed=11, n_classes=4)
+    ingest_images(spark, image_cfg, str(out), "digits", "idx", size=(28, 28, 1))
     return train_images(spark, image_cfg, "digits")
 
 
@@ -60,8 +62,9 @@ def _check_scores(out, labels):
 
 def test_score_new_unlabeled_images_of_another_size(spark, image_cfg, trained, tmp_path):
     folder = tmp_path / "new"
-    images.generate(spark, 30, str(folder), "folder", seed=99, n_classes=4)
-    new = ingest_images(spark, str(folder), "new_images", "folder", (40, 40, 3), labeled=False)
+    image_synth.generate(spark, 30, str(folder), "folder", seed=99, n_classes=4)
+    new = ingest_images(spark, image_cfg, str(folder), "new_images", "folder", labeled=False,
+                        size=(40, 40, 3))
     assert new.valid_rows == 30
     result = score_images(spark, image_cfg, "new_images", "new_image_scores")
     assert (result.input_rows, result.scored_rows, result.quarantined_rows) == (30, 30, 0)
@@ -120,8 +123,8 @@ def test_transfer_learning_loads_local_backbone_weights(spark, cfg, tmp_path):
     weights = tmp_path / "mobilenet_v2_notop.weights.h5"
     backbone.save_weights(str(weights))
     c.images.backbone_weights = str(weights)
-    images.generate(spark, 240, str(tmp_path / "cifar"), "cifar", seed=3, n_classes=3)
-    ingest_images(spark, str(tmp_path / "cifar"), "tiny_cifar", "cifar", (32, 32, 3))
+    image_synth.generate(spark, 240, str(tmp_path / "cifar"), "cifar", seed=3, n_classes=3)
+    ingest_images(spark, cfg, str(tmp_path / "cifar"), "tiny_cifar", "cifar", size=(32, 32, 3))
     result = train_images(spark, c, "tiny_cifar")
     assert result["labels"] == ["angle_000", "angle_060", "angle_120"]
     run = mlflow.MlflowClient().get_run(result["run_id"])

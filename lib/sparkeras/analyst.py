@@ -1,7 +1,10 @@
 """What analysts ask of the scored tables, and printing query results."""
 from __future__ import annotations
 
+import logging
 from typing import TextIO
+
+log = logging.getLogger(__name__)
 
 
 def root_causes_per_day(scored: str) -> str:
@@ -22,7 +25,6 @@ def least_confident_images(scored: str, n: int = 10) -> str:
 
 def print_query(spark, query: str, fmt: str, max_rows: int, out: TextIO) -> int:
     """Run ``query`` and print at most ``max_rows`` rows as a table, CSV or JSON lines."""
-    import sys
     pdf = spark.sql(query).limit(max_rows + 1).toPandas()
     truncated = len(pdf) > max_rows
     pdf = pdf.head(max_rows)
@@ -35,5 +37,5 @@ def print_query(spark, query: str, fmt: str, max_rows: int, out: TextIO) -> int:
         out.write((pdf.to_string(index=False) if len(pdf) else "(no rows)") + "\n")
     out.flush()
     if truncated:
-        print(f"[sparkeras] showing the first {max_rows} rows (--max-rows)", file=sys.stderr)
+        log.info(f"showing the first {max_rows} rows (--max-rows)")
     return len(pdf)

@@ -1,172 +1,198 @@
-"""Command line: ``sparkeras [--conf FILE] [--set key=value ...] <command> ...``.
+"""The ``sparkeras`` command line (also ``python -m sparkeras``).
 
-Progress and logs go to stderr; stdout carries the command's product and, last, one JSON
-summary line, so ``sparkeras ... | tail -1`` is machine-readable.
+Progress goes to stderr as ``[sparkeras] ...`` lines; stdout carries the command's product
+and, last, one JSON summary line, so ``sparkeras ... | tail -1`` is machine-readable. Each
+run also writes a log file under ``<state_dir>/logs`` with everything, including Spark's own
+output and the full trace of a failure. Exit codes: :mod:`sparkeras.errors`.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import logging
 import sys
 from typing import Optional, Sequence
 
+from . import __version__
 from .config import ConfigError, default_config_path, load_config
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    SparkerasError,
+)
+
+log = logging.getLogger("sparkeras.cli")
+
+DESCRIPTION = """\
+Train Keras models with tf.distribute on Spark, track and register them in MLflow, and
+score tables with pandas UDFs: locally in Spark local mode, or unchanged on a cluster."""
+EPILOG = """\
+Progress goes to stderr; stdout carries the command's product and, last, one JSON line.
+Settings come from --conf FILE (default: $SPARKERAS_CONF, else conf/local.yml when present,
+else the built-in defaults) and --set KEY=VALUE; both are also accepted after the
+subcommand. Exit codes: 0 success, 1 the command failed (missing table or model, bad data,
+too few task slots, training failed), 2 usage or configuration error, 3 rows lost or
+doubled (a bug), 4 internal error, 130 interrupted."""
 
 
-class _StrictParser(argparse.ArgumentParser):
-    """Raises ArgumentError-like ValueErrors instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise ValueError(f"{self.prog}: {message}")
-
-
-def build_parser(strict: bool = False) -> argparse.ArgumentParser:
-    """The CLI's parser; ``strict`` parsers raise ValueError instead of exiting."""
-    cls = _StrictParser if strict else argparse.ArgumentParser
-    p = cls(prog="sparkeras", description=__doc__.splitlines()[0])
-    p.add_argument("--conf", help="configuration YAML (default: $SPARKERAS_CONF, else "
-                                  "conf/local.yml when present, else built-in defaults)")
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="sparkeras", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"sparkeras {__version__}")
+    p.add_argument("--conf", metavar="FILE", help="configuration YAML (default: "
+                   "$SPARKERAS_CONF, else conf/local.yml when present, else built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set train.epochs=3 (repeatable)")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true",
+                      help="also show debug lines on stderr")
+    loud.add_argument("-q", "--quiet", action="store_true",
+                      help="show only warnings and errors on stderr")
     # --conf/--set are also accepted after the subcommand (jobs forward their arguments).
-    common = cls(add_help=False)
-    common.add_argument("--conf", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    common.add_argument("--set", dest="overrides", action="append", default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--conf", metavar="FILE", default=argparse.SUPPRESS,
+                        help="configuration YAML (as before the command)")
+    common.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        default=argparse.SUPPRESS, help="override one setting (repeatable)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add_parser(subparsers, name, **kw):
-        return subparsers.add_parser(name, parents=[common], **kw)
+    def command(subparsers, name, help, **kw):
+        return subparsers.add_parser(name, parents=[common], help=help, description=help, **kw)
 
-    gen = sub.add_parser("generate", help="write deterministic synthetic data")
-    gen_sub = gen.add_subparsers(dest="workload", required=True)
-    g = add_parser(gen_sub, "incidents", help="synthetic incidents (see docs/incidents.md)")
-    g.add_argument("--rows", type=int, required=True)
+    def workloads(parser):
+        return parser.add_subparsers(dest="workload", required=True, metavar="WORKLOAD")
+
+    gen = workloads(sub.add_parser("generate", help="write deterministic synthetic data",
+                                   description="Write deterministic synthetic data."))
+    g = command(gen, "incidents", "synthetic incidents from a known rule (docs/incidents.md)")
+    g.add_argument("--rows", type=int, required=True, help="number of incidents (IDs 1..N)")
     g.add_argument("--out", required=True, help="output folder (Spark writes part files)")
-    g.add_argument("--format", choices=["csv", "parquet"], default="csv")
-    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--format", choices=["csv", "parquet"], default="csv",
+                   help="file format (default: csv with a header)")
+    g.add_argument("--seed", type=int, default=7, help="same seed, same rows (default: 7)")
     g.add_argument("--unlabeled", action="store_true", help="omit ROOT_CAUSE")
-
-    g = add_parser(gen_sub, "images", help="synthetic class-structured images (docs/images.md)")
-    g.add_argument("--count", type=int, required=True)
+    g = command(gen, "images", "synthetic class-structured images in a real format "
+                               "(docs/images.md)")
+    g.add_argument("--count", type=int, required=True, help="number of images")
     g.add_argument("--out", required=True, help="output folder (a path every worker can write)")
-    g.add_argument("--format", choices=["idx", "cifar", "folder"], required=True)
-    g.add_argument("--classes", type=int, default=10)
-    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--format", choices=["idx", "cifar", "folder"], required=True,
+                   help="IDX (MNIST), CIFAR-10 binary batches, or class folders of JPEG/PNG")
+    g.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
+    g.add_argument("--seed", type=int, default=7, help="same seed, same images (default: 7)")
 
-    ing = sub.add_parser("ingest", help="validate raw files into a table + quarantine")
-    ing_sub = ing.add_subparsers(dest="workload", required=True)
-    i = add_parser(ing_sub, "incidents")
-    i.add_argument("--source", required=True, help="file, folder or glob")
-    i.add_argument("--table", required=True)
-    i.add_argument("--format", choices=["csv", "parquet", "json"], default="csv")
-    i.add_argument("--batch-id", help="default: derived from the source files")
-
-    i = add_parser(ing_sub, "images")
-    i.add_argument("--source", required=True, help="file, folder or glob")
-    i.add_argument("--table", required=True)
-    i.add_argument("--format", choices=["idx", "cifar", "folder"], required=True)
-    i.add_argument("--batch-id", help="default: derived from the source files")
+    ing = workloads(sub.add_parser("ingest", help="validate raw files into a table and its "
+                                   "quarantine", description="Validate raw files into a table; "
+                                   "every refused record goes to <table>_quarantine with its "
+                                   "reason."))
+    batch_help = ("the batch these rows form (default: derived from the source files, so "
+                  "ingesting the same files again replaces their batch)")
+    i = command(ing, "incidents", "incident exports: CSV (RFC 4180), Parquet or JSON lines")
+    i.add_argument("--source", required=True, help="a file, folder or glob")
+    i.add_argument("--table", required=True, help="the table to write")
+    i.add_argument("--format", choices=["csv", "parquet", "json"], default="csv",
+                   help="file format (default: csv)")
+    i.add_argument("--batch-id", help=batch_help)
+    i = command(ing, "images", "IDX files, CIFAR-10 batches or class folders of photos")
+    i.add_argument("--source", required=True, help="a file, folder or glob")
+    i.add_argument("--table", required=True, help="the table to write")
+    i.add_argument("--format", choices=["idx", "cifar", "folder"], required=True,
+                   help="idx (MNIST-style pairs), cifar (binary batches), folder (one "
+                        "sub-folder per class)")
+    i.add_argument("--batch-id", help=batch_help)
     i.add_argument("--unlabeled", action="store_true",
                    help="new images: ignore class folders and label files")
 
-    tr = sub.add_parser("train", help="train, log to MLflow, register, gate the champion")
-    tr_sub = tr.add_subparsers(dest="workload", required=True)
-    for workload in ("incidents", "images"):
-        t = add_parser(tr_sub, workload)
-        t.add_argument("--table", required=True)
-        t.add_argument("--epochs", type=int)
-        t.add_argument("--batch-size", type=int)
-        t.add_argument("--workers", type=int, help="0: the driver; N: N barrier tasks")
+    tr = workloads(sub.add_parser("train", help="train, log to MLflow, register, gate the "
+                                  "champion", description="Train a model on a table, log the "
+                                  "run to MLflow, register it and move the champion alias if "
+                                  "it is at least as good."))
+    for workload, what in (("incidents", "the root-cause MLP"),
+                           ("images", "an image classifier")):
+        t = command(tr, workload, f"train {what}")
+        t.add_argument("--table", required=True, help="the ingested table to train on")
+        t.add_argument("--epochs", type=int, help="at most this many epochs (default: auto; "
+                       "early stopping decides)")
+        t.add_argument("--batch-size", type=int, help="global batch size (default: auto, "
+                       "from the training rows)")
+        t.add_argument("--workers", type=int, help="0: train on the driver (default); N: on "
+                       "N Spark barrier tasks")
 
-    sc = sub.add_parser("score", help="score a table with a registered model")
-    sc_sub = sc.add_subparsers(dest="workload", required=True)
+    sc = workloads(sub.add_parser("score", help="score a table with a registered model",
+                                  description="Score a table with a registered model into an "
+                                  "output table, its quarantine and a daily view."))
     for workload, model in (("incidents", "incident_model"), ("images", "image_model")):
-        s = add_parser(sc_sub, workload)
-        s.add_argument("--table", required=True)
-        s.add_argument("--output", required=True)
-        s.add_argument("--model", help=f"default: models:/<registry.{model}>@champion")
-        s.add_argument("--batch-id", help="default: each row's ingest_batch_id")
+        s = command(sc, workload, f"score {workload}")
+        s.add_argument("--table", required=True, help="the table to score")
+        s.add_argument("--output", required=True, help="the scored table to write")
+        s.add_argument("--model", help=f"a models:/ URI (default: models:/<registry.{model}>"
+                                       f"@champion)")
+        s.add_argument("--batch-id", help="the output batch (default: each row's "
+                                          "ingest_batch_id)")
         s.add_argument("--input-batch", action="append", metavar="INGEST_BATCH_ID",
-                       help="score only rows of this ingest batch (repeatable; default: all rows)")
+                       help="score only rows of this ingest batch (repeatable; default: all)")
 
-    q = add_parser(sub, "sql", help="run a SQL query on the warehouse")
-    q.add_argument("query")
-    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    q.add_argument("--max-rows", type=int, default=1000)
+    q = command(sub, "sql", "run a SQL query on the warehouse and print the rows")
+    q.add_argument("query", help="the SQL text")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="how to print the rows (default: table)")
+    q.add_argument("--max-rows", type=int, default=1000, help="print at most this many rows")
 
-    d = add_parser(sub, "demo", help="generate, ingest, train, score and query, end to end")
-    d.add_argument("--rows", type=int, help="default: demo.rows from the configuration")
+    d = command(sub, "demo", "generate, ingest, train, score and query, end to end")
+    d.add_argument("--rows", type=int, help="incidents to generate (default: demo.rows)")
     return p
-
-
-def check_arguments(argv: Sequence[str]):
-    """Parse ``argv`` and load the configuration it names, as a run would, without running:
-    (args, config). Raises ValueError (bad arguments) or ConfigError (bad configuration).
-    Used to check the Databricks bundle's task parameters offline."""
-    args = build_parser(strict=True).parse_args(list(argv))
-    return args, load_config(args.conf if args.conf else default_config_path(), _overrides(args))
 
 
 def _overrides(args) -> list[str]:
     extra = list(args.overrides)
-    if getattr(args, "epochs", None) is not None:
-        extra.append(f"train.epochs={args.epochs}")
-    if getattr(args, "batch_size", None) is not None:
-        extra.append(f"train.batch_size={args.batch_size}")
-    if getattr(args, "workers", None) is not None:
-        extra.append(f"train.workers={args.workers}")
+    for option, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
+                        ("workers", "train.workers")):
+        if getattr(args, option, None) is not None:
+            extra.append(f"{key}={getattr(args, option)}")
     return extra
 
 
-def run(args, out) -> Optional[dict]:
+def config_from_args(args):
+    """The configuration parsed ``args`` name (file, --set and command options)."""
+    return load_config(args.conf if args.conf else default_config_path(), _overrides(args))
+
+
+def run(args, cfg, out) -> Optional[dict]:
     """Execute parsed ``args``; return the JSON summary (None when the product is the output)."""
-    cfg = load_config(args.conf if args.conf else default_config_path(), _overrides(args))
     from .session import get_spark
     spark = get_spark(cfg)
-    cmd = args.command
-    images = getattr(args, "workload", None) == "images"
-    if cmd == "generate" and images:
-        from .workloads import images as image_workload
-        return image_workload.generate(spark, args.count, args.out, args.format, args.seed,
-                                       args.classes)
-    if cmd == "ingest" and images:
-        from .ingest import ingest_images
-        return ingest_images(spark, args.source, cfg.table_name(args.table), args.format,
-                             getattr(cfg.images.size, args.format), cfg.tables.format,
-                             args.batch_id, cfg.images.class_names, not args.unlabeled,
-                             cfg.images.decode_batch_rows).summary()
-    if cmd == "train" and images:
-        from .train import train_images
-        return train_images(spark, cfg, cfg.table_name(args.table))
-    if cmd == "score" and images:
-        from .scoring import score_images
-        return score_images(spark, cfg, cfg.table_name(args.table), cfg.table_name(args.output),
-                            args.model or cfg.score.model_uri, args.batch_id,
-                            args.input_batch).summary()
+    cmd, workload = args.command, getattr(args, "workload", None)
+    if cmd == "generate" and workload == "images":
+        from .workloads import image_synth
+        return image_synth.generate(spark, args.count, args.out, args.format, args.seed,
+                                    args.classes)
     if cmd == "generate":
         from .workloads import incidents
-        df = incidents.generate(spark, args.rows, args.seed, labeled=not args.unlabeled)
-        writer = df.write.mode("overwrite")
-        if args.format == "csv":
-            writer.option("header", True).csv(args.out)
-        else:
-            writer.parquet(args.out)
-        return {"rows": args.rows, "out": args.out, "format": args.format, "seed": args.seed,
-                "labeled": not args.unlabeled}
+        return incidents.write_generated(spark, args.rows, args.out, args.format, args.seed,
+                                         labeled=not args.unlabeled)
     if cmd == "ingest":
-        from .ingest import ingest_incidents
-        return ingest_incidents(spark, args.source, cfg.table_name(args.table), args.format,
-                                cfg.tables.format, args.batch_id).summary()
+        from . import ingest
+        table = cfg.table_name(args.table)
+        if workload == "images":
+            return ingest.ingest_images(spark, cfg, args.source, table, args.format,
+                                        not args.unlabeled, args.batch_id).summary()
+        return ingest.ingest_incidents(spark, cfg, args.source, table, args.format,
+                                       args.batch_id).summary()
     if cmd == "train":
-        from .train import train_incidents
-        return train_incidents(spark, cfg, cfg.table_name(args.table))
+        from . import train
+        fit = train.train_images if workload == "images" else train.train_incidents
+        return fit(spark, cfg, cfg.table_name(args.table))
     if cmd == "score":
-        from .scoring import score_incidents
-        return score_incidents(spark, cfg, cfg.table_name(args.table),
-                               cfg.table_name(args.output), args.model or cfg.score.model_uri,
-                               args.batch_id, args.input_batch).summary()
+        from . import scoring
+        apply = scoring.score_images if workload == "images" else scoring.score_incidents
+        return apply(spark, cfg, cfg.table_name(args.table), cfg.table_name(args.output),
+                     args.model or cfg.score.model_uri, args.batch_id,
+                     args.input_batch).summary()
     if cmd == "sql":
         from .analyst import print_query
         print_query(spark, args.query, args.format, args.max_rows, out)
@@ -177,27 +203,79 @@ def run(args, out) -> Optional[dict]:
     raise AssertionError(cmd)
 
 
+def _user_error_types() -> tuple:
+    """Exceptions whose message is meant for the user (besides sparkeras' own): missing
+    tables and bad SQL from Spark, unknown models from MLflow, bad values and paths."""
+    types: list = [ValueError, FileNotFoundError]
+    with contextlib.suppress(ImportError):
+        from pyspark.errors import AnalysisException
+        types.append(AnalysisException)
+    with contextlib.suppress(ImportError):
+        from mlflow.exceptions import MlflowException
+        types.append(MlflowException)
+    return tuple(types)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _telling_line(exc: BaseException) -> str:
+    """The line of an unexpected error that says most: for a failure inside a Spark task
+    (a Python worker's traceback, a JVM stack), its last ``...Error: ...`` line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if ":" in line and head.endswith(("Error", "Exception")) and " " not in head:
+            return line[:300]
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def classify(exc: BaseException) -> tuple[int, str, str]:
+    """(exit code, kind, one-line message) for an exception that ended a command, by type:
+    configuration errors, sparkeras' own user-facing errors, user errors from Spark, MLflow
+    and the standard library, interruption, and anything else (a bug)."""
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE, "configuration error", str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted", "stopped before it finished"
+    if isinstance(exc, SparkerasError):
+        return exc.exit_code, "error", _first_line(exc)
+    if isinstance(exc, _user_error_types()):
+        return EXIT_FAILED, "error", _first_line(exc)
+    return EXIT_INTERNAL, "internal error", _telling_line(exc)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return its exit code (see :mod:`sparkeras.errors`)."""
+    from . import logs
     args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logs.setup(level)
     out = sys.stdout
+    log_file = None
     try:
-        # Libraries print progress bars and notices on stdout: keep stdout for our product.
+        cfg = config_from_args(args)
+        log_file = logs.setup(level, cfg.log_dir, f"sparkeras-{args.command}")
+        log.debug(f"sparkeras {__version__}: {' '.join(sys.argv)}")
+        # Libraries print progress and notices on stdout: keep stdout for our product.
         with contextlib.redirect_stdout(sys.stderr):
-            summary = run(args, out)
-    except ConfigError as exc:
-        print(f"sparkeras: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sparkeras: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # missing table, bad SQL, unknown model: user errors
-        if type(exc).__name__ in {"AnalysisException", "ParseException", "MlflowException"}:
-            print(f"sparkeras: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+            summary = run(args, cfg, out)
+    except (Exception, KeyboardInterrupt) as exc:
+        code, kind, message = classify(exc)
+        log.debug(f"{args.command} failed", exc_info=exc)     # the full trace: the log file
+        if code == EXIT_INTERNAL and log_file is None:
+            logging.getLogger("sparkeras").error("the full trace", exc_info=exc)
+        if log_file is not None and (code == EXIT_INTERNAL or len(str(exc).splitlines()) > 1):
+            message += f" (details: {log_file})"
+        if code == EXIT_INTERRUPTED:
+            message = f"{args.command} {message}"
+        log.error(message, extra={"kind": kind})
+        return code
     if summary is not None:
         print(json.dumps(summary, default=str), file=out, flush=True)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ class MlflowConf:
     artifact_location: Optional[str] = "{state_dir}/mlartifacts"
     experiment: str = "sparkeras-{workload}"
 
+    def registry(self) -> str:
+        """The model registry's URI: ``registry_uri``, or the tracking store's when unset."""
+        return self.registry_uri or self.tracking_uri
+
 
 @dataclass
 class RegistryConf:
@@ -145,6 +149,7 @@ class DemoConf:
 @dataclass
 class Config:
     state_dir: str = ".sparkeras"
+    log_dir: Optional[str] = "{state_dir}/logs"   # a log file per command; null: none
     catalog: Optional[str] = None    # Unity Catalog names for {catalog}/{schema} placeholders
     schema: Optional[str] = None
     spark: SparkConf = field(default_factory=SparkConf)

@@ -1,7 +1,7 @@
 """The end-to-end demo behind ``make run``: generate, ingest, train, score, query."""
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import TextIO
@@ -24,8 +24,11 @@ LATE_EXPORT = (
 )
 
 
+log = logging.getLogger(__name__)
+
+
 def _step(n: int, total: int, text: str) -> float:
-    print(f"[sparkeras] step {n}/{total}: {text}", file=sys.stderr, flush=True)
+    log.info(f"step {n}/{total}: {text}")
     return time.time()
 
 
@@ -42,19 +45,20 @@ def run_demo(spark, cfg: Config, rows: int, out: TextIO) -> dict:
     timings = {}
 
     t = _step(1, 5, f"generating {rows:,} incidents into {source}")
-    incidents.generate(spark, rows).write.mode("overwrite").option("header", True).csv(str(source))
+    incidents.write_generated(spark, rows, str(source))
     ids = {k: rows + i + 1 for i, k in enumerate("abcdefg")}
     (source / "late_export.csv").write_bytes(LATE_EXPORT.format(**ids).encode("utf-8"))
     timings["generate_s"] = round(time.time() - t, 1)
 
     t = _step(2, 5, f"ingesting into {table}")
-    ingested = ingest_incidents(spark, str(source), table, "csv", cfg.tables.format,
+    ingested = ingest_incidents(spark, cfg, str(source), table, "csv",
                                 batch_id="demo").summary()  # a re-run replaces the demo batch
-    print(f"[sparkeras]   {ingested['valid_rows']:,} valid, {ingested['quarantined_rows']:,} "
-          f"quarantined in {ingested['quarantine_table']}", file=sys.stderr)
+    log.info(f"  {ingested['valid_rows']:,} valid, {ingested['quarantined_rows']:,} "
+             f"quarantined in {ingested['quarantine_table']}")
     timings["ingest_s"] = round(time.time() - t, 1)
 
-    t = _step(3, 5, f"training for up to {cfg.demo.epochs} epochs")
+    t = _step(3, 5, f"training for up to {cfg.demo.epochs} epoch"
+                    f"{'' if cfg.demo.epochs == 1 else 's'}")
     cfg.train.epochs = cfg.demo.epochs
     trained = train_incidents(spark, cfg, table)
     timings["train_s"] = round(time.time() - t, 1)

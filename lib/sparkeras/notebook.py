@@ -53,9 +53,11 @@ class Notebook:
 def start(namespace: dict) -> Notebook:
     """The config (from the ``conf`` widget, default ``conf/local.yml``), the SparkSession,
     a widget getter and ``display`` for the notebook whose ``globals()`` is ``namespace``."""
+    from . import logs
     from .config import load_config
     from .session import get_spark
 
+    logs.setup()              # progress lines in the cell's output
     dbutils = namespace.get("dbutils")
 
     def get(name: str, default: str) -> str:

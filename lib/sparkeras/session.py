@@ -13,6 +13,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from . import logs
 from .config import Config
 
 
@@ -71,7 +72,10 @@ def get_spark(cfg: Config):
         builder = builder.config(key, value)
     if cfg.spark.catalog == "hive":
         builder = builder.enableHiveSupport()
-    spark = builder.getOrCreate()
+    # The JVM (and the Python workers it starts) write their output to this command's log
+    # file when there is one: Spark's start-up notices and log lines stay off the terminal.
+    with logs.stderr_to(logs.run_log()):
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     return spark
 

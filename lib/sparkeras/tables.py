@@ -10,6 +10,9 @@ from typing import Iterable
 
 from .session import temporary_conf
 
+INGEST_BATCH = "ingest_batch_id"    # ingested tables: the source files' batch
+SCORE_BATCH = "batch_id"            # scored tables: the input row's ingest batch
+
 
 def quarantine_name(table: str) -> str:
     return f"{table}_quarantine"
@@ -19,7 +22,8 @@ def table_exists(spark, table: str) -> bool:
     return spark.catalog.tableExists(table)
 
 
-def _sql_literal(value: str) -> str:
+def sql_literal(value: str) -> str:
+    """``value`` as a Spark SQL string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -28,7 +32,7 @@ def replace_where(batch_col: str, batch_ids: Iterable[str]) -> str:
     ids = sorted(set(batch_ids))
     if not ids:
         raise ValueError("replace_where needs at least one batch id")
-    return f"`{batch_col}` IN ({', '.join(_sql_literal(b) for b in ids)})"
+    return f"`{batch_col}` IN ({', '.join(sql_literal(b) for b in ids)})"
 
 
 def ensure_database(spark, table: str) -> None:
@@ -71,7 +75,7 @@ def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str
             df.write.mode("overwrite").insertInto(table)
     for b in batch_ids:
         if b not in written:
-            spark.sql(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`{batch_col}` = {_sql_literal(b)})")
+            spark.sql(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`{batch_col}` = {sql_literal(b)})")
     spark.catalog.refreshTable(table)
 
 

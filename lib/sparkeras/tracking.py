@@ -12,7 +12,7 @@ def setup_mlflow(cfg: Config):
     """Point MLflow at the configured tracking and registry stores; return the module."""
     import mlflow
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    mlflow.set_registry_uri(cfg.mlflow.registry_uri or cfg.mlflow.tracking_uri)
+    mlflow.set_registry_uri(cfg.mlflow.registry())
     return mlflow
 
 
@@ -31,17 +31,6 @@ def use_experiment(cfg: Config, workload: str) -> str:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
-
-
-def epoch_logger():
-    """A Keras callback that logs every epoch's metrics to the active MLflow run."""
-    import keras
-    import mlflow
-
-    class _EpochLogger(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
-    return _EpochLogger()
 
 
 def tensor_signature(input_shape, n_classes: int, dtype: str = "float32",

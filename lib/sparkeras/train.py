@@ -1,37 +1,35 @@
 """Train stage: a table -> MLflow run + registered model (+ champion alias).
 
-One implementation for every workload (:func:`run_training`); a workload contributes a
-:class:`TrainingJob`: how its rows become model inputs, its labels, its model builder and
-what is logged with the model. :func:`train_incidents` and :func:`train_images` build one.
+One implementation for every workload (:func:`train`); a workload contributes a
+:class:`TrainingJob` (built once by ``<workload>.training_job(spark, cfg, table)``): how its
+rows become model inputs, its labels, its model builder and what is logged with the model.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import tracking
-from .columns import index_of
+from . import logs, tracking
 from .config import Config
 from .tf_runtime import configure_tensorflow, make_strategy
 from .training import evaluate as ev
 from .training import feed
 from .training import settings as settings_
 
-
-def _progress(message: str) -> None:
-    print(f"[sparkeras] {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainingJob:
     """What a workload brings to the shared training stage."""
+    cfg: Config
     workload: str
     table: str
     model_name: str
@@ -46,88 +44,9 @@ class TrainingJob:
     misclassified_grid: int = 0        # > 0: log a PNG grid of that many test errors
 
 
-def train_incidents(spark, cfg: Config, table: str) -> dict:
-    """Train the root-cause MLP on the labelled rows of ``table``; log, register, gate."""
-    from pyspark.sql import functions as F
-    from .workloads import incidents
-    tcfg = cfg.train
-    features, labels = incidents.FEATURES, incidents.LABELS
-    df = spark.table(table).where(F.col(incidents.LABEL).isin(*labels))
-    label_index = index_of(labels, F.col(incidents.LABEL))
-    data = (feed.assign_split(df, incidents.ID, tcfg.split.train, tcfg.split.validation,
-                              tcfg.split.seed)
-            .select(*[F.col(c).cast("float").alias(c) for c in features],
-                    label_index.cast("int").alias("label"), "split", feed.BUCKET))
-    job = TrainingJob(
-        workload=incidents.NAME, table=table, model_name=cfg.registry.incident_model,
-        labels=list(labels), data=data, decoder=feed.FeatureDecoder(features),
-        model_spec={"kind": "mlp", "n_features": len(features), "n_classes": len(labels),
-                    "hidden_units": list(tcfg.hidden_units), "seed": tcfg.seed},
-        input_name="features", params={"hidden_units": json.dumps(tcfg.hidden_units)},
-        metadata={"features": list(features)}, shuffle_buffer=tcfg.shuffle_buffer)
-    return run_training(spark, cfg, job)
-
-
-def image_vocabulary(df) -> list[str]:
-    """Class names of a labelled image table, ordered by the source's class number (then
-    name): MNIST's digits stay 0..9, folders sort by name."""
-    from pyspark.sql import functions as F
-    rows = (df.where(F.col("label").isNotNull()).groupBy("label")
-            .agg(F.min("label_index").alias("k")).collect())
-    return [r.label for r in sorted(rows, key=lambda r: (r.k if r.k is not None else 1 << 30,
-                                                          r.label))]
-
-
-def image_shape(df, table: str) -> tuple[int, int, int]:
-    """The one (height, width, channels) of the images in ``df``; an error if mixed."""
-    shapes = [tuple(r) for r in df.select("height", "width", "channels").distinct().collect()]
-    if len(shapes) != 1:
-        raise ValueError(f"table {table} holds images of sizes {sorted(shapes)}: training needs "
-                         f"one size (ingest with one images.size setting)")
-    return shapes[0]
-
-
-def train_images(spark, cfg: Config, table: str) -> dict:
-    """Train an image classifier on the labelled rows of ``table``; log, register, gate."""
-    from pyspark.sql import functions as F
-    from .models import resolve_architecture
-    from .workloads import images
-    tcfg, icfg = cfg.train, cfg.images
-    df = spark.table(table).where(F.col(images.LABEL).isNotNull())
-    labels = image_vocabulary(df)
-    if len(labels) < 2:
-        raise ValueError(f"table {table} has {len(labels)} labelled class(es); training needs 2 "
-                         f"or more")
-    shape = image_shape(df, table)
-    arch = resolve_architecture(icfg.architecture, shape[0], shape[1])
-    label_index = index_of(labels, F.col(images.LABEL))
-    data = feed.assign_split(df.withColumnRenamed("split", "source_split"), images.ID,
-                             tcfg.split.train, tcfg.split.validation, tcfg.split.seed,
-                             source_split="source_split")
-    data = data.select("image", label_index.cast("int").alias("label"), "split", feed.BUCKET)
-    decoder = feed.ImageDecoder(shape)
-    shuffle = max(1, min(tcfg.shuffle_buffer, (icfg.shuffle_memory_mb << 20) // decoder.row_bytes))
-    params = {"architecture": arch, "image_shape": json.dumps(list(shape)),
-              "augment": icfg.augment if arch != "classic_cnn" else False}
-    if arch == "transfer":
-        params.update({"backbone": icfg.backbone, "backbone_weights": icfg.backbone_weights,
-                       "freeze_backbone": icfg.freeze_backbone})
-    job = TrainingJob(
-        workload=images.NAME, table=table, model_name=cfg.registry.image_model, labels=labels,
-        data=data, decoder=decoder,
-        model_spec={"kind": "image", "shape": list(shape), "n_classes": len(labels),
-                    "architecture": arch, "seed": tcfg.seed, "augment": icfg.augment,
-                    "backbone": icfg.backbone,
-                    "backbone_weights": icfg.backbone_weights,
-                    "freeze_backbone": icfg.freeze_backbone},
-        input_name="image", params=params,
-        metadata={"input_shape": list(shape), "architecture": arch},
-        shuffle_buffer=shuffle, misclassified_grid=icfg.misclassified_grid)
-    return run_training(spark, cfg, job)
-
-
-def run_training(spark, cfg: Config, job: TrainingJob) -> dict:
+def train(spark, job: TrainingJob) -> dict:
     """Write the training cache, fit, evaluate, log to MLflow, register, gate the champion."""
+    cfg = job.cfg
     if cfg.train.feed == "petastorm":     # fail before any work when it cannot import
         from .training import petastorm_feed
         petastorm_feed.import_petastorm()
@@ -135,13 +54,13 @@ def run_training(spark, cfg: Config, job: TrainingJob) -> dict:
     tracking.setup_mlflow(cfg)
     tracking.use_experiment(cfg, job.workload)
     cache_root = str(Path(cfg.train.cache_dir) / f"{job.workload}-{uuid.uuid4().hex[:12]}")
-    _progress(f"writing the training cache for {job.table} to {cache_root}")
+    log.info(f"writing the training cache for {job.table} to {cache_root}")
     try:
         # Several files per split, of near-equal rows: each barrier worker reads its share.
         cache = feed.write_cache(job.data, cache_root, files=max(2, 2 * cfg.train.workers))
         if min(cache.rows.values()) == 0:
             raise ValueError(f"table {job.table} has too few labelled rows to split: {cache.rows}")
-        _progress(f"rows per split: {cache.rows}")
+        log.info(f"rows per split: {cache.rows}")
         return _fit_log_register(spark, cfg, job, cache)
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
@@ -209,7 +128,7 @@ def _fit(cfg: Config, spec: dict, spark=None):
             keras.mixed_precision.set_global_policy(previous)
         return model, {**result, "attempts": 1, "all_workers": [result]}
     results = launcher.run_workers(spark, spec, str(Path(spec["output_dir"]).parent / "_spec.json"),
-                                   workers, cfg.train.max_attempts, _progress)
+                                   workers, cfg.train.max_attempts)
     model = build_from_spec(spec["model"])
     model.optimizer.build(model.trainable_variables)  # saved with its slots, as on the workers
     worker.load_final_weights(model, spec["output_dir"])
@@ -228,7 +147,7 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
         return feed.iter_batches(cache.files("test"), job.decoder, 1024)
 
     spec, chosen = _spec(spark, cfg, job, cache, run_key)
-    _progress(chosen.describe())
+    log.info(chosen.describe())
     params = {"table": job.table, "epochs": chosen.epochs, "batch_size": chosen.global_batch,
               "learning_rate": chosen.learning_rate, "patience": chosen.patience,
               "auto_settings": ",".join(sorted(k for k, v in chosen.why.items()
@@ -269,7 +188,9 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
         mlflow.log_dict({"labels": list(labels), **job.metadata}, "label_vocabulary.json")
 
         x_example, _ = next(feed.iter_batches(cache.files("test"), job.decoder, 3))
-        with warnings.catch_warnings():  # MLflow predicts on the example with a bare array
+        with warnings.catch_warnings(), logs.python_stderr_to_log():
+            # MLflow predicts on the example with a bare array, and prints its own
+            # "Successfully registered" lines: ours below say the same.
             warnings.filterwarnings("ignore", message="The structure of `inputs`")
             info = mlflow.tensorflow.log_model(
                 model, name="model",
@@ -279,7 +200,7 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
                 metadata={"workload": job.workload, "labels": list(labels),
                           "test_macro_f1": test["macro_f1"], **job.metadata})
         version = str(info.registered_model_version)
-        _progress(f"registered {job.model_name} version {version}: test accuracy "
+        log.info(f"registered {job.model_name} version {version}: test accuracy "
                   f"{test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}")
 
         def champion_f1(champion_model) -> float:
@@ -290,7 +211,7 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
                          "became_champion": str(decision.became_champion).lower()})
         if decision.previous_macro_f1 is not None:
             mlflow.log_metric("champion_test_macro_f1", decision.previous_macro_f1)
-        _progress(decision.reason)
+        log.info(decision.reason)
 
     return {"run_id": run.info.run_id, "model_name": job.model_name, "model_version": version,
             "became_champion": decision.became_champion, "champion_reason": decision.reason,
@@ -301,3 +222,15 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
             "test_metrics": {k: round(v, 6) if isinstance(v, float) else v
                              for k, v in test.items()},
             "test_confusion_matrix": cm.tolist()}
+
+
+def train_incidents(spark, cfg: Config, table: str) -> dict:
+    """Train the root-cause MLP on the labelled rows of ``table``; log, register, gate."""
+    from .workloads import incidents
+    return train(spark, incidents.training_job(spark, cfg, table))
+
+
+def train_images(spark, cfg: Config, table: str) -> dict:
+    """Train an image classifier on the labelled rows of ``table``; log, register, gate."""
+    from .workloads import images
+    return train(spark, images.training_job(spark, cfg, table))

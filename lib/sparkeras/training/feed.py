@@ -2,10 +2,11 @@
 
 Spark assigns each row a split by hashing its id (:func:`assign_split`) and writes a
 Parquet cache of the model inputs and an int label index, one folder per split
-(:func:`write_cache`). TensorFlow then streams those files in batches with pyarrow
-(:func:`make_dataset`), shuffling with a bounded buffer; memory stays bounded whatever the
-table size. A *decoder* turns an Arrow record batch into the model's input array
-(:class:`FeatureDecoder` for numeric columns, :class:`ImageDecoder` for raw image bytes).
+(:func:`write_cache`). Each training worker then streams its share of those files in batches
+with pyarrow (:func:`fixed_steps`, :func:`iter_batches`), shuffling with a bounded buffer;
+memory stays bounded whatever the table size. A *decoder* turns an Arrow record batch into
+the model's input array (:class:`FeatureDecoder` for numeric columns, :class:`ImageDecoder`
+for raw image bytes).
 The cache folder must be on storage the training process can read (a local disk here, a
 Volume on Databricks).
 """
@@ -211,23 +212,3 @@ def iter_batches(files: Sequence[str], decoder, batch_size: int, shuffle_buffer:
             if held >= max(shuffle_buffer, batch_size):
                 yield from drain(final=False)
     yield from drain(final=True)
-
-
-def make_dataset(files: Sequence[str], decoder, batch_size: int, rows: int,
-                 shuffle_buffer: int = 0, seed: int = 0):
-    """A ``tf.data.Dataset`` of (inputs, label) batches of ``rows`` rows in all; a new
-    shuffle each epoch."""
-    import tensorflow as tf
-    epoch = {"n": 0}
-
-    def gen():
-        epoch["n"] += 1
-        yield from iter_batches(files, decoder, batch_size, shuffle_buffer, seed + epoch["n"])
-
-    ds = tf.data.Dataset.from_generator(gen, output_signature=(
-        tf.TensorSpec((None, *decoder.shape), decoder.dtype), tf.TensorSpec((None,), tf.int32)))
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    batches = -(-rows // batch_size)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -13,20 +13,20 @@ checked first and a stage that cannot start fails at once with a clear error.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Optional
 
+from ..errors import NotEnoughSlots, TrainingFailed
+from .loop import epoch_line, read_state
 
-class NotEnoughSlots(RuntimeError):
-    """The cluster cannot run the barrier stage's tasks all at once."""
-
-
-class TrainingFailed(RuntimeError):
-    """Every attempt of the barrier stage failed."""
+log = logging.getLogger(__name__)
+__all__ = ["NotEnoughSlots", "TrainingFailed", "run_workers", "check_slots"]
 
 
 def free_port(host: str = "") -> int:
@@ -103,8 +103,48 @@ def _barrier_task(spec_path: str, python: str, env_extra: dict):
     return task
 
 
-def run_workers(spark, spec: dict, spec_path: str, n_workers: int, max_attempts: int,
-                log=print) -> list[dict]:
+class EpochRelay:
+    """Log each epoch the chief completes, read from its checkpoint state: the checkpoint
+    folder is storage every node shares, so progress reaches the driver's log whatever
+    happens to the executors' output."""
+
+    def __init__(self, checkpoint_dir: Optional[str], epochs: int, interval: float = 1.0):
+        self.checkpoint_dir, self.epochs, self.interval = checkpoint_dir, epochs, interval
+        state = read_state(checkpoint_dir)
+        self.shown = state["epochs_done"] if state else 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sparkeras-epochs", daemon=True)
+
+    def poll(self) -> None:
+        try:
+            state = read_state(self.checkpoint_dir)
+        except (OSError, ValueError):       # being replaced right now: next time
+            return
+        if not state:
+            return
+        history = state["history"]
+        for epoch in range(self.shown, min(state["epochs_done"], len(history["loss"]))):
+            log.info(epoch_line(epoch, self.epochs, {k: v[epoch] for k, v in history.items()}))
+            self.shown = epoch + 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self):
+        if self.checkpoint_dir:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.checkpoint_dir:
+            self._stop.set()
+            self._thread.join()
+            self.poll()
+
+
+def run_workers(spark, spec: dict, spec_path: str, n_workers: int,
+                max_attempts: int) -> list[dict]:
     """Run the barrier stage until it succeeds (at most ``max_attempts`` times); return the
     workers' results, each with ``attempts``."""
     check_slots(spark, n_workers)
@@ -116,18 +156,19 @@ def run_workers(spark, spec: dict, spec_path: str, n_workers: int, max_attempts:
     task = _barrier_task(spec_path, sys.executable, env_extra)
     last_error: Optional[BaseException] = None
     for attempt in range(1, max_attempts + 1):
-        from .loop import read_state
         state = read_state(spec.get("checkpoint_dir"))
         done = state["epochs_done"] if state else 0
-        log(f"training attempt {attempt}/{max_attempts} on {n_workers} barrier worker(s)"
-            + (f", resuming after epoch {done}" if done else ""))
+        log.info(f"training attempt {attempt}/{max_attempts} on {n_workers} barrier worker(s)"
+                 + (f", resuming after epoch {done}" if done else ""))
         started = time.time()
         try:
-            rdd.barrier().mapPartitions(task).collect()
+            with EpochRelay(spec.get("checkpoint_dir"), spec["epochs"]):
+                rdd.barrier().mapPartitions(task).collect()
         except Exception as exc:  # a worker died: Spark failed the whole barrier stage
             last_error = exc
-            log(f"attempt {attempt} failed after {time.time() - started:.1f}s: "
-                f"{_first_line(exc)}")
+            log.warning(f"attempt {attempt} failed after {time.time() - started:.1f}s: "
+                        f"{_first_line(exc)}")
+            log.debug("the attempt's error", exc_info=exc)
             continue
         results = []
         for rank in range(n_workers):

@@ -64,7 +64,7 @@ def _save_arrays(path: Path, model) -> None:
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, n_weights=len(model.get_weights()), *arrays)
+            np.savez(f, *arrays, n_weights=len(model.get_weights()))
     _atomic_write(path, write)
 
 
@@ -77,6 +77,13 @@ def _load_arrays(path: Path, model, optimizer_too: bool = True) -> None:
         model.optimizer.build(model.trainable_variables)
         for var, value in zip(model.optimizer.variables, arrays[n:]):
             var.assign(value)
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict) -> str:
+    """The progress line of a finished epoch (0-based ``epoch``)."""
+    line = (f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} "
+            f"val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f}")
+    return line + (f" ({logs['seconds']:.1f}s)" if "seconds" in logs else "")
 
 
 def read_state(checkpoint_dir: Optional[str]) -> Optional[dict]:
@@ -190,7 +197,8 @@ def train(strategy, model, make_dataset: Callable, val_batches: Callable[[], Ite
             state = {"epochs_done": epoch + 1, "history": result.history,
                      "best_val_loss": best_loss, "wait": wait, "best_epoch": result.best_epoch,
                      "stopped": stopped}
-            _atomic_write(ckpt / STATE, lambda tmp: Path(tmp).write_text(json.dumps(state)))
+            text = json.dumps(state)
+            _atomic_write(ckpt / STATE, lambda tmp, text=text: Path(tmp).write_text(text))
         if on_epoch_end is not None:
             on_epoch_end(epoch, logs)
         if stopped:

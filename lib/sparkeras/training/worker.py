@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,10 +26,7 @@ from . import feed, loop, petastorm_feed
 
 RESULT = "result-{rank}.json"
 FINAL_WEIGHTS = "final.weights.npz"
-
-
-def _log(message: str) -> None:
-    print(f"[sparkeras] {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def configure_devices(tf, precision: str) -> None:
@@ -47,6 +45,7 @@ def run(spec: dict, strategy, rank: int, n_workers: int):
     writes the final weights. Returns (the worker's result, also written as JSON; model)."""
     import keras
     import tensorflow as tf
+
     from ..models import build_from_spec
 
     decoder = feed.decoder_from_spec(spec["decoder"])
@@ -90,14 +89,13 @@ def run(spec: dict, strategy, rank: int, n_workers: int):
             if not marker.exists():            # once: the retried attempt must get through
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(f"worker {rank} killed at the start of epoch {epoch + 1}\n")
-                _log(f"fault injection: killing worker {rank} at the start of epoch {epoch + 1}")
+                log.warning(f"fault injection: killing worker {rank} at the start of "
+                            f"epoch {epoch + 1}")
                 os._exit(17)
 
     def on_epoch_end(epoch: int, logs: dict) -> None:
         if rank == 0:
-            _log(f"epoch {epoch + 1}/{spec['epochs']}: loss {logs['loss']:.4f} acc "
-                 f"{logs['accuracy']:.4f} val_loss {logs['val_loss']:.4f} val_acc "
-                 f"{logs['val_accuracy']:.4f} ({logs['seconds']:.1f}s)")
+            log.info(loop.epoch_line(epoch, spec["epochs"], logs))
 
     settings = loop.LoopSettings(spec["epochs"], spec["steps_per_epoch"], spec["global_batch"],
                                  spec["patience"], spec.get("checkpoint_dir"), rank == 0)
@@ -131,7 +129,9 @@ def main(argv=None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(argv[0]).read_text())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ..logs import setup
     from ..tf_runtime import configure_tensorflow
+    setup()
     tf = configure_tensorflow(spec["tensorflow"]["intra_op_threads"],
                               spec["tensorflow"]["inter_op_threads"])
     configure_devices(tf, spec["precision"])

@@ -129,7 +129,8 @@ def _from_pil(img, height: int, width: int, channels: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).reshape(height, width, channels)
 
 
-def decode_image(payload: Optional[bytes], height: int, width: int, channels: int) -> tuple[np.ndarray, int, int]:
+def decode_image(payload: Optional[bytes], height: int, width: int,
+                 channels: int) -> tuple[np.ndarray, int, int]:
     """Decode an encoded image to ``uint8[height, width, channels]``; also return its
     original (height, width). Raises :class:`ImageError` with the reason.
 
@@ -186,10 +187,3 @@ def to_tensor(payload: Optional[bytes], src: Optional[tuple[int, int, int]], hei
 def stack_raw(values, shape: tuple[int, int, int]) -> np.ndarray:
     """Equal-length raw images (a sequence of bytes) as one ``uint8[n, h, w, c]`` array."""
     return np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, *shape)
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buf, "PNG")
-    return buf.getvalue()

@@ -1,15 +1,17 @@
-"""Incident telemetry: schema, synthetic generator, raw readers and validation.
+"""The incident workload: schema, synthetic generator, validation, and its part in the
+three stages (:func:`ingest_job`, :func:`training_job`, :func:`scoring_job`).
 
 One row per data-centre incident: seven 0/1 signals and, when diagnosed, a root cause.
 Everything here is a pure DataFrame transform, except :func:`read_raw` (reads files) and
-:func:`generate` (builds a DataFrame from ``spark.range``); the pipeline does the writing.
+:func:`generate` (builds a DataFrame from ``spark.range``); the stages do the writing.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
+import pandas as pd
 
 NAME = "incidents"
 ID = "ID"
@@ -74,87 +76,28 @@ def generate(spark, rows: int, seed: int = 7, labeled: bool = True, partitions: 
     return df.select(*cols)
 
 
+def write_generated(spark, rows: int, out: str, fmt: str = "csv", seed: int = 7,
+                    labeled: bool = True) -> dict:
+    """Write :func:`generate`'s incidents to the folder ``out`` as csv (with a header) or
+    parquet part files; return a summary."""
+    writer = generate(spark, rows, seed, labeled=labeled).write.mode("overwrite")
+    if fmt == "csv":
+        writer.option("header", True).csv(out)
+    elif fmt == "parquet":
+        writer.parquet(out)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected csv or parquet")
+    return {"rows": rows, "out": out, "format": fmt, "seed": seed, "labeled": labeled}
+
+
 # -------------------------------------------------------------------------------- reading
-def _text_lines(spark, source: str):
-    """Non-blank lines of text files with their source file; BOM and CR removed."""
-    from pyspark.sql import functions as F
-    df = spark.read.format("text").load(source)
-    line = F.regexp_replace(F.regexp_replace(F.col("value"), "^\uFEFF", ""), "\r$", "")
-    return (df.select(line.alias("raw"), F.col("_metadata.file_path").alias("source_file"))
-              .where(F.trim(F.col("raw")) != ""))
-
-
-def read_csv_records(spark, source: str, columns: Sequence[str], required: Sequence[str],
-                     key: str):
-    """CSV files as RFC 4180 defines them (see :mod:`sparkeras.csv_records`): one Spark
-    task parses each whole file, so quoted fields may hold commas, doubled quotes and line
-    breaks, and every file has its own header. Returns ``raw``, ``source_file``,
-    ``_parse_error`` and one string column per name in ``columns``."""
-    from pyspark.sql import functions as F
-    from .. import csv_records
-    columns, required = list(columns), list(required)
-    files = (spark.read.format("binaryFile").load(source)
-             .select(F.col("_metadata.file_path").alias("path"), "content"))
-    schema = ("raw string, source_file string, _parse_error string, "
-              + ", ".join(f"`{c}` string" for c in columns))
-
-    def parse(batches):
-        import pyarrow as pa
-        arrow_schema = pa.schema([(n, pa.string()) for n in
-                                  ["raw", "source_file", "_parse_error", *columns]])
-        for rb in batches:
-            paths = rb.column("path").to_pylist()
-            for i, path in enumerate(paths):
-                content = rb.column("content")[i].as_py()
-                for chunk in csv_records.parse_file(content, columns, required, key):
-                    n = len(chunk["raw"])
-                    yield pa.RecordBatch.from_pydict(
-                        {"raw": chunk["raw"], "source_file": [path] * n,
-                         "_parse_error": chunk["error"], **{c: chunk[c] for c in columns}},
-                        schema=arrow_schema)
-    return files.mapInArrow(parse, schema)
-
-
-def _read_csv(spark, source: str):
-    return read_csv_records(spark, source, COLUMNS, REQUIRED, ID)
-
-
-def _read_json(spark, source: str):
-    """JSON lines: one object per line; a line that is not a JSON object is a parse error."""
-    from pyspark.sql import functions as F
-    lines = _text_lines(spark, source)
-    schema = ", ".join(f"`{c}` string" for c in COLUMNS) + ", _corrupt string"
-    parsed = F.from_json(F.col("raw"), schema,
-                         {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"})
-    df = lines.withColumn("_j", parsed)
-    parse_error = F.when(F.col("_j").isNull() | F.col("_j._corrupt").isNotNull(),
-                         F.lit("malformed JSON line"))
-    values = [F.trim(F.col(f"_j.{c}")).alias(c) for c in COLUMNS]
-    return df.select("raw", "source_file", parse_error.alias("_parse_error"), *values)
-
-
-def _read_parquet(spark, source: str):
-    """Parquet with any column types; required columns missing from the schema are errors."""
-    from pyspark.sql import functions as F
-    df = spark.read.option("mergeSchema", "true").parquet(source)
-    present = {c.upper(): c for c in df.columns}
-    missing = [c for c in REQUIRED if c not in present]
-    raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in df.columns]))
-    parse_error = (F.lit("missing column " + ", ".join(missing)) if missing
-                   else F.lit(None).cast("string"))
-    values = [(F.trim(F.col(f"`{present[c]}`").cast("string")) if c in present
-               else F.lit(None).cast("string")).alias(c) for c in COLUMNS]
-    return df.select(raw.alias("raw"), F.col("_metadata.file_path").alias("source_file"),
-                     parse_error.alias("_parse_error"), *values)
-
-
-def read_raw(spark, source: str, fmt: str):
-    """Read ``source`` (path or glob) into string columns + ``raw``, ``source_file``,
-    ``_parse_error``. Nothing is dropped except blank lines and header rows."""
-    readers = {"csv": _read_csv, "json": _read_json, "parquet": _read_parquet}
-    if fmt not in readers:
-        raise ValueError(f"unknown incident format {fmt!r}; expected one of {list(readers)}")
-    return readers[fmt](spark, source)
+def read_raw(spark, files, fmt: str):
+    """Every record of the source behind ``files`` (a :class:`~sparkeras.sources.SourceFiles`)
+    as strings + ``raw``, ``source_file``, ``_parse_error`` (see :mod:`sparkeras.readers`)."""
+    from .. import readers
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown incident format {fmt!r}; expected one of {list(FORMATS)}")
+    return readers.read(spark, files, fmt, COLUMNS, REQUIRED, ID)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -164,7 +107,8 @@ def _quoted(c):
 
 
 def validate(raw):
-    """Add ``reason`` (null for a valid row) and typed columns to :func:`read_raw` output.
+    """Add ``reason`` (null for a valid row) and the typed key ``_key`` to :func:`read_raw`
+    output.
 
     Reasons, joined with "; " when a row has several: missing/empty field, ID not a 32-bit
     integer, flag not exactly 0 or 1, unknown root cause, duplicate ID within the input.
@@ -189,13 +133,12 @@ def validate(raw):
     field_reason = F.concat_ws("; ", *checks)
     reason = F.coalesce(F.col("_parse_error"), F.when(field_reason != "", field_reason))
 
-    typed = [F.when(id_ok, F.col(ID).cast("int")).alias("_id")]
-    df = raw.select("*", reason.alias("reason"), *typed)
-    dup_count = F.count(F.lit(1)).over(Window.partitionBy("_id"))
+    df = raw.select("*", reason.alias("reason"), F.when(id_ok, F.col(ID).cast("int")).alias("_key"))
+    dup_count = F.count(F.lit(1)).over(Window.partitionBy("_key"))
     df = df.withColumn("_dups", F.when(F.col("reason").isNull(), dup_count))
     df = df.withColumn("reason", F.when(
         F.col("_dups") > 1,
-        F.format_string("duplicate ID %d: %d rows with this ID in the input", F.col("_id"),
+        F.format_string("duplicate ID %d: %d rows with this ID in the input", F.col("_key"),
                         F.col("_dups"))).otherwise(F.col("reason")))
     return df.drop("_dups")
 
@@ -203,6 +146,123 @@ def validate(raw):
 def valid_columns():
     """Typed output columns for valid rows of :func:`validate` output (table schema order)."""
     from pyspark.sql import functions as F
-    return ([F.col("_id").alias(ID)]
+    return ([F.col("_key").alias(ID)]
             + [F.col(c).cast("int").alias(c) for c in FEATURES]
             + [F.when(F.col(LABEL) != "", F.col(LABEL)).alias(LABEL), F.col("source_file")])
+
+
+# ---------------------------------------------------------------------------- the stages
+def ingest_job(cfg, fmt: str = "csv"):
+    """The incident workload's part in the ingest stage: read ``fmt`` files, validate."""
+    from pyspark.sql import functions as F
+
+    from ..ingest import IngestJob
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown incident format {fmt!r}; expected one of {list(FORMATS)}")
+    return IngestJob(
+        workload=NAME, key=ID, table_format=cfg.tables.format,
+        read=lambda spark, files: validate(read_raw(spark, files, fmt)),
+        valid_columns=valid_columns(),
+        quarantine_columns=[F.col("raw").alias("raw_record"), "reason", "source_file"])
+
+
+def training_job(spark, cfg, table: str):
+    """The incident workload's part in the training stage: the root-cause MLP on the
+    labelled rows of ``table``."""
+    import json
+
+    from pyspark.sql import functions as F
+
+    from ..columns import index_of
+    from ..train import TrainingJob
+    from ..training import feed
+    tcfg = cfg.train
+    df = spark.table(table).where(F.col(LABEL).isin(*LABELS))
+    data = (feed.assign_split(df, ID, tcfg.split.train, tcfg.split.validation, tcfg.split.seed)
+            .select(*[F.col(c).cast("float").alias(c) for c in FEATURES],
+                    index_of(LABELS, F.col(LABEL)).cast("int").alias("label"), "split",
+                    feed.BUCKET))
+    return TrainingJob(
+        cfg=cfg, workload=NAME, table=table, model_name=cfg.registry.incident_model,
+        labels=list(LABELS), data=data, decoder=feed.FeatureDecoder(FEATURES),
+        model_spec={"kind": "mlp", "n_features": len(FEATURES), "n_classes": len(LABELS),
+                    "hidden_units": list(tcfg.hidden_units), "seed": tcfg.seed},
+        input_name="features", params={"hidden_units": json.dumps(tcfg.hidden_units)},
+        metadata={"features": list(FEATURES)}, shuffle_buffer=tcfg.shuffle_buffer)
+
+
+def probability_columns(labels) -> list[str]:
+    return [f"probability_{label}" for label in labels]
+
+
+def predict_udf(model, threads: int = 1):
+    """An iterator pandas UDF: struct of feature columns -> struct of probability floats."""
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+
+    from ..scoring import keras_forward
+    names = probability_columns(model.labels)
+    # float32 crosses Arrow at half the bytes of double; Spark widens it in the JVM.
+    schema = ", ".join(f"`{n}` float" for n in names)
+    n_features = len(model.features)
+
+    @pandas_udf(schema)
+    def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        forward = keras_forward(model, (n_features,), "float32", threads)
+        for pdf in batches:
+            p = forward(pdf.to_numpy(dtype=np.float32))
+            yield pd.DataFrame({n: p[:, i] for i, n in enumerate(names)}, copy=False)
+    return predict
+
+
+def input_problems(features, id_col: str = ID):
+    """A Spark column: why an incident row cannot be scored (null when it can)."""
+    from pyspark.sql import functions as F
+    checks = [F.when(F.col(id_col).isNull(), F.lit(f"missing {id_col}"))]
+    for c in features:
+        checks.append(F.when(F.col(c).isNull(), F.lit(f"missing {c}"))
+                      .when(~F.coalesce(F.expr(f"try_cast(`{c}` AS double)").isin(0.0, 1.0),
+                                        F.lit(False)),
+                            F.concat(F.lit(f"{c} must be 0 or 1, got "), F.col(c).cast("string"))))
+    reason = F.concat_ws("; ", *checks)
+    return F.when(reason != "", reason)
+
+
+def predict_columns(df, model, threads: int = 1):
+    """``df`` + probability columns + ``predicted_label`` + ``confidence`` + ``_reason``
+    (non-finite probabilities) (pure transform)."""
+    from pyspark.sql import functions as F
+    udf = predict_udf(model, threads)
+    names = probability_columns(model.labels)
+    # 0/1 signals travel to Python as int8 (validated upstream): the narrowest Arrow input.
+    out = df.withColumn("_p", udf(F.struct(*[F.col(c).cast("tinyint") for c in model.features])))
+    out = out.select("*", *[F.col(f"_p.`{n}`").cast("double").alias(n) for n in names]).drop("_p")
+    confidence = F.greatest(*[F.col(n) for n in names])
+    predicted = F.lit(None).cast("string")
+    for label, n in reversed(list(zip(model.labels, names))):  # first max wins, as argmax
+        predicted = F.when(F.col(n) == confidence, F.lit(label)).otherwise(predicted)
+    finite = F.lit(True)
+    for n in names:
+        finite = finite & ~F.isnan(F.col(n)) & F.col(n).isNotNull()
+    return (out.withColumn("confidence", confidence).withColumn("predicted_label", predicted)
+               .withColumn("_reason", F.when(~finite, F.lit(
+                   "the model returned non-finite probabilities"))))
+
+
+def scoring_job(cfg, model):
+    """The incident workload's part in the scoring stage: ID, predicted root cause,
+    confidence and one probability per cause."""
+    from pyspark.sql import functions as F
+
+    from ..scoring import ScoringJob, check_workload
+    check_workload(model, NAME)
+    names = probability_columns(model.labels)
+    return ScoringJob(
+        workload=NAME, model=model, key=ID, required_columns=[ID, *model.features],
+        required_hint="the model's input columns",
+        problems=input_problems(model.features),
+        predict=lambda df: predict_columns(df, model, cfg.score.worker_threads),
+        output_columns=[F.col(ID), F.col("predicted_label").alias("predicted_root_cause"),
+                        "confidence", *names],
+        daily_label="predicted_root_cause", daily_count="incidents",
+        table_format=cfg.tables.format, arrow_batch_rows=cfg.score.arrow_batch_rows)

@@ -1,4 +1,5 @@
-"""Offline checks of the Databricks asset bundle (``databricks.yml`` + ``resources/*.yml``).
+"""Offline checks of the Databricks asset bundle (``databricks.yml`` + ``resources/*.yml``):
+test tooling, used by tests/test_bundle.py (not shipped in the wheel).
 
 No workspace is needed: the bundle is loaded and its includes merged, ``${...}`` references
 are resolved for one target the way the Databricks CLI does, and every job is then checked
@@ -126,7 +127,8 @@ def resolve(bundle: Bundle, target: str, file_path: Optional[str] = None,
                               f"set it")
     for key in ("workspace", "permissions", "run_as", "presets", "artifacts"):
         if key in over:
-            doc[key] = _deep_merge(doc.get(key) or {}, over[key]) if isinstance(over[key], dict) else over[key]
+            doc[key] = (_deep_merge(doc.get(key) or {}, over[key]) if isinstance(over[key], dict)
+                        else over[key])
     if "resources" in over:
         doc["resources"] = _deep_merge(doc.get("resources") or {}, over["resources"])
     root_path = f"/Workspace/Users/{user}/.bundle/{doc['bundle']['name']}/{target}"
@@ -321,3 +323,20 @@ def _local(source: Path, path: str) -> Path:
     """A task's file path on this machine (relative paths are relative to the yml file)."""
     p = Path(path)
     return p if p.is_absolute() else (source.parent / p).resolve()
+
+
+def check_arguments(argv):
+    """Parse ``argv`` with the CLI's own parser and load the configuration it names, as a
+    run would, without running: (args, config). Raises ValueError with argparse's message
+    (bad arguments) or ConfigError (bad configuration)."""
+    import contextlib
+    import io
+
+    from sparkeras.cli import build_parser, config_from_args
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args = build_parser().parse_args(list(argv))
+    except SystemExit:
+        raise ValueError(said.getvalue().strip().splitlines()[-1]) from None
+    return args, config_from_args(args)
