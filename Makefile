@@ -23,7 +23,7 @@ run: setup  ## set up, then run the end-to-end demo (1M incidents)
 test: setup lint  ## lint, then the whole test suite (about 9 minutes on 2 cores)
 	$(PY) -m pytest tests
 
-test-fast: setup  ## the fast tier: no subprocesses, training or barrier stages (under 2 minutes)
+test-fast: setup  ## the fast tier: no training, barrier stages or CLI runs (under 2 minutes)
 	$(PY) -m pytest tests -m "not slow"
 
 lint: setup  ## ruff: pycodestyle, pyflakes, import order, bugbear (settings in pyproject.toml)

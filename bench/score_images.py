@@ -129,8 +129,7 @@ def main() -> None:
         return run
 
     def sparkeras_query():
-        return images.predict_image_columns(df, model, cfg.score.worker_threads,
-                                            cfg.score.predict_chunk_rows).select(
+        return images.predict_image_columns(df, model, cfg.score.predict_chunk_rows).select(
             "image_id", "predicted_label", "confidence", "top_1_label", "top_1_probability",
             "top_2_label", "top_2_probability", "top_3_label", "top_3_probability")
 
@@ -304,8 +303,7 @@ def folder_path(spark, cfg, state: str, count: int, repeats: int) -> dict:
     def score(df):
         def run():
             with temporary_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": rows}):
-                return timed(images.predict_image_columns(df, model, c.score.worker_threads,
-                                                          c.score.predict_chunk_rows)
+                return timed(images.predict_image_columns(df, model, c.score.predict_chunk_rows)
                              .select("image_id", "predicted_label", "confidence"))
         return run
     return {

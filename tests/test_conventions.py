@@ -48,8 +48,11 @@ def test_python_dash_m_help_and_version():
     (errors.NotEnoughSlots("train.workers=3 needs 3 task slots"), 1, "error"),
     (errors.TrainingFailed("training failed in all 3 attempts"), 1, "error"),
     (errors.ReconciliationError("3 input rows but 2 scored"), 3, "error"),
-    (FileNotFoundError("no input files match x"), 1, "error"),
-    (ValueError("table t lacks the columns ['image']"), 1, "error"),
+    (errors.InputNotFound("no input files match x"), 1, "error"),
+    (errors.DataError("table t lacks the columns ['image']"), 1, "error"),
+    (errors.UsageError("809 training rows per worker are fewer than one batch of 1024"), 2,
+     "error"),
+    (ValueError("a bug: a library's ValueError"), 4, "internal error"),
     (KeyboardInterrupt(), 130, "interrupted"),
     (ZeroDivisionError("division by zero"), 4, "internal error"),
 ])

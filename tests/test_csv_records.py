@@ -103,3 +103,33 @@ def test_a_corrupt_compressed_file_is_one_record_with_the_reason():
     (chunk,) = parse_file(gzip.compress(b"ID,A\n1,0\n")[:20], COLUMNS, ["ID"], "ID")
     assert chunk["raw"] == [""] and chunk["ID"] == [None]
     assert chunk["error"][0].startswith("corrupt compressed file: ")
+
+
+def test_two_broken_quotes_in_a_row_are_two_bad_records_not_one_good_one():
+    got = records('ID,A,B,NOTE\n1,0,1,"opens here\n2,1,1,"also opens\n3,0,0,fine\n')
+    assert [(r["ID"], r["error"], r["line"]) for r in got] == [
+        (None, "unterminated quote on line 2: a quoted field opens and never closes", 2),
+        (None, "unterminated quote on line 3: a quoted field opens and never closes", 3),
+        ("3", None, 4)]
+
+
+def test_an_unterminated_quote_on_the_last_line_is_refused():
+    got = records('ID,A,B,NOTE\n1,0,1,ok\n3,0,1,"never closes')
+    assert [(r["ID"], r["error"]) for r in got] == [
+        ("1", None),
+        (None, "unterminated quote on line 3: a quoted field opens and never closes")]
+
+
+def test_quotes_inside_an_unquoted_field_are_data_and_a_well_quoted_record_stays_whole():
+    got = records('ID,A,B,NOTE\n5,0,1,"24"" monitor, line1\nline2"\n6,1,0,24" monitor\n'
+                  '7,1,1,"three\nlines",extra\n')
+    assert [(r["ID"], r["NOTE"], r["error"]) for r in got] == [
+        ("5", '24" monitor, line1\nline2', None),
+        ("6", '24" monitor', None),
+        ("7", "three\nlines", "long row: 5 fields, the header has 4")]
+    assert got[2]["raw"] == '7,1,1,"three\nlines",extra'       # one record, both lines
+
+
+def test_old_mac_line_ends():
+    got = records("ID,A,B\r1,0,1\r2,1,0\r")
+    assert [(r["ID"], r["error"]) for r in got] == [("1", None), ("2", None)]

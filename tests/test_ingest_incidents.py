@@ -200,3 +200,14 @@ def test_ticketing_export_with_quoted_free_text(spark, cfg, tmp_path):
         "unknown root cause 'DISK_FULL'": raw[107],
         "unterminated quote on line 9: a quoted field opens and never closes": broken}
     assert '"bad flag, ""quoted""\nand a second line"' in raw[104]   # kept as written
+
+
+def test_a_csv_file_too_large_to_read_whole_is_a_clear_error(spark, cfg, tmp_path, monkeypatch):
+    from sparkeras import readers
+    from sparkeras.errors import UsageError
+    folder = tmp_path / "big"
+    folder.mkdir()
+    (folder / "export.csv").write_text(HEADER + "\n1, 1, 1, 0, 1, 0, 0, 0, MEMORY_LEAK\n")
+    monkeypatch.setattr(readers, "MAX_CSV_BYTES", 64)      # the real limit is 2 GiB
+    with pytest.raises(UsageError, match=r"export.csv has 0.0 GiB: a CSV file is parsed whole"):
+        ingest_incidents(spark, cfg, str(folder), "ing_big", "csv")

@@ -7,11 +7,11 @@ from sparkeras.training.settings import resolve
 AUTO = "auto"
 
 
-def auto(shard_rows, **explicit):
+def auto(shard_rows, replicas_per_worker=1, **explicit):
     values = {"batch_size": AUTO, "epochs": AUTO, "patience": AUTO, "learning_rate": AUTO,
               **explicit}
     return resolve(values["batch_size"], values["epochs"], values["patience"],
-                   values["learning_rate"], shard_rows)
+                   values["learning_rate"], shard_rows, replicas_per_worker)
 
 
 def test_a_1000_row_export_gets_small_batches_and_room_to_converge():
@@ -65,3 +65,17 @@ def test_the_learning_rate_follows_the_square_root_of_a_batch_above_1024():
     assert auto([800_000], batch_size=4096).learning_rate == 0.002
     assert auto([800_000], batch_size=16384).learning_rate == 0.004
     assert auto([800_000], batch_size=16384, learning_rate=0.001).learning_rate == 0.001
+
+
+def test_sets_of_20000_rows_or_more_keep_ten_epochs():
+    assert auto([9_600]).epochs == 14           # small: more passes, 134,400 samples in all
+    assert auto([19_999]).epochs == 10
+    assert auto([30_000]).epochs == 10 and auto([80_000]).epochs == 10
+
+
+def test_the_batch_is_shared_evenly_by_the_devices_of_a_worker():
+    s = auto([809], replicas_per_worker=4)        # four GPUs on the driver
+    assert s.per_worker_batch % 4 == 0 and s.per_worker_batch == 32
+    assert auto([300], replicas_per_worker=4).per_worker_batch == 32
+    with pytest.raises(ValueError, match="cannot share evenly: use a multiple of 8"):
+        auto([5000, 5000], batch_size=36, replicas_per_worker=4)

@@ -204,9 +204,10 @@ def run(args, cfg, out) -> Optional[dict]:
 
 
 def _user_error_types() -> tuple:
-    """Exceptions whose message is meant for the user (besides sparkeras' own): missing
-    tables and bad SQL from Spark, unknown models from MLflow, bad values and paths."""
-    types: list = [ValueError, FileNotFoundError]
+    """Exceptions whose message is meant for the user besides sparkeras' own
+    (:class:`~sparkeras.errors.SparkerasError`): missing tables, paths and bad SQL from Spark,
+    unknown models from MLflow. Anything else is a bug: an internal error."""
+    types: list = []
     with contextlib.suppress(ImportError):
         from pyspark.errors import AnalysisException
         types.append(AnalysisException)
@@ -242,7 +243,7 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
         return EXIT_INTERRUPTED, "interrupted", "stopped before it finished"
     if isinstance(exc, SparkerasError):
         return exc.exit_code, "error", _first_line(exc)
-    if isinstance(exc, _user_error_types()):
+    if _user_error_types() and isinstance(exc, _user_error_types()):
         return EXIT_FAILED, "error", _first_line(exc)
     return EXIT_INTERNAL, "internal error", _telling_line(exc)
 

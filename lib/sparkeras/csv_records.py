@@ -14,9 +14,12 @@ What a record is:
   after it. Blank lines are not records.
 - UTF-8, with or without a byte-order mark; gzip and bzip2 files are decompressed.
 - A quote that opens and never closes would make the rest of the file one field. Instead,
-  a record that spans lines but does not close its quotes (an odd number of ``"``) or has
-  the wrong number of fields is taken as a broken quote: its first line becomes one record
-  with the reason ``unterminated quote ...`` and parsing resumes on the next line.
+  a record that spans lines (or ends the file) and leaves a quoted field open, or closes a
+  quote before text other than a comma (two broken records read as one), is taken as a
+  broken quote: its first line becomes one record with the reason ``unterminated quote ...``
+  and parsing resumes on the next line. A record whose quotes are well formed is one record,
+  whatever its number of fields (``short row`` / ``long row`` then, with all its lines).
+- Line ends: LF, CRLF, or CR alone (files with no LF).
 
 Every record comes out as a row: its raw text (line breaks inside quotes kept), its first
 line number, the requested columns as stripped strings (None when the header lacks them)
@@ -79,6 +82,44 @@ class _Lines:
         self.pending.extendleft(reversed(items))
 
 
+def quote_problem(text: str) -> Optional[str]:
+    """Read one record's text as the parser does and say what is wrong with its quotes:
+    ``"open"`` when a quoted field never closes, ``"stray"`` when a closing quote is followed
+    by text other than spaces before the next comma (two broken records read as one), None
+    when the quotes are well formed. Quotes inside an unquoted field (``24" monitor``) are
+    data, as the parser reads them."""
+    i, n = 0, len(text)
+    at_start = True
+    while i < n:
+        if at_start:
+            if text[i] == " ":
+                i += 1
+                continue
+            if text[i] == '"':
+                i += 1
+                while True:                       # to the closing quote; "" is a quote
+                    j = text.find('"', i)
+                    if j < 0:
+                        return "open"
+                    if j + 1 < n and text[j + 1] == '"':
+                        i = j + 2
+                        continue
+                    i = j + 1
+                    break
+                while i < n and text[i] in " \t":
+                    i += 1
+                if i < n and text[i] != ",":
+                    return "stray"
+                i += 1
+                continue
+            at_start = False
+        j = text.find(",", i)
+        if j < 0:
+            return None
+        i, at_start = j + 1, True
+    return None
+
+
 def _raw(lines: Sequence[tuple[int, str]]) -> str:
     text = "".join(line for _, line in lines)
     if text.endswith("\n"):
@@ -121,8 +162,11 @@ def parse_text(text: str, columns: Sequence[str], required: Sequence[str], key: 
                chunk_rows: int = CHUNK_ROWS) -> Iterator[dict[str, list]]:
     """Records of one file's text, in chunks: dicts of equal-length lists with the keys
     ``raw``, ``line``, ``error`` and every name in ``columns``."""
+    if "\r" in text and "\n" not in text:       # old Mac line ends (CR only)
+        text = text.replace("\r", "\n")
     lines = _Lines(text)
     header: Optional[Header] = None
+    key_upper = key.upper()
 
     def new_chunk() -> dict[str, list]:
         return {"raw": [], "line": [], "error": [], **{c: [] for c in columns}}
@@ -154,9 +198,12 @@ def parse_text(text: str, columns: Sequence[str], required: Sequence[str], key: 
         raw = _raw(taken)
         if fields is not None and not raw.strip():
             continue                                     # blank line: not a record
-        expected = header.n_fields if header is not None else None
-        broken = len(taken) > 1 and (problem is not None or raw.count('"') % 2 == 1 or (
-            expected is not None and len(fields) != expected and not is_header(fields, key, columns)))
+        # A record that spans lines, or ends the file, may be a quote that never closed
+        # swallowing the lines after it (or two broken records read as one).
+        spans = len(taken) > 1
+        last = lines.pos >= len(lines.text) and not lines.pending
+        quotes = quote_problem(raw) if (spans or last) and '"' in raw else None
+        broken = (spans and (problem is not None or quotes is not None)) or quotes == "open"
         if broken or (problem is not None and "field limit" in problem):
             # A quote that never closes: report its first line, parse again from the next.
             first = taken[0]
@@ -168,7 +215,7 @@ def parse_text(text: str, columns: Sequence[str], required: Sequence[str], key: 
         elif problem is not None:
             emit(taken, None, f"unreadable CSV record: {problem}")
             reader = csv.reader(lines, skipinitialspace=True)
-        elif is_header(fields, key, columns):
+        elif key_upper in raw.upper() and is_header(fields, key, columns):
             header = Header(fields, columns, required)
             continue
         elif header is None:

@@ -34,3 +34,18 @@ class NotEnoughSlots(SparkerasError):
 
 class TrainingFailed(SparkerasError):
     """Every attempt of the training barrier stage failed."""
+
+
+class DataError(SparkerasError, ValueError):
+    """The data cannot do what was asked: too few rows or classes, mixed image sizes, a
+    table without the columns a model needs..."""
+
+
+class UsageError(SparkerasError, ValueError):
+    """An explicit setting or argument that cannot work (a batch larger than the data, an
+    unknown format, petastorm on a Spark 4 stack...)."""
+    exit_code = EXIT_USAGE
+
+
+class InputNotFound(SparkerasError, FileNotFoundError):
+    """No input files match the source."""

@@ -10,7 +10,7 @@ not configure logging. The command line (and the notebook helper) call :func:`se
   gets every record at DEBUG, the full trace of a failure, Python warnings, TensorFlow's
   start-up lines and the stderr of the Spark driver JVM that sparkeras starts (Spark's own
   log lines and its Python workers' output), which used to fill the terminal. The newest
-  :data:`KEEP_FILES` files are kept.
+  :data:`KEEP_FILES` files of each command are kept.
 """
 from __future__ import annotations
 
@@ -39,9 +39,13 @@ class _Format(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         if record.levelno < logging.WARNING:
-            return "[sparkeras] " + record.getMessage()
-        kind = getattr(record, "kind", None) or record.levelname.lower()
-        return f"sparkeras: {kind}: {record.getMessage()}"
+            text = "[sparkeras] " + record.getMessage()
+        else:
+            kind = getattr(record, "kind", None) or record.levelname.lower()
+            text = f"sparkeras: {kind}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
 
 
 def setup(level: int = logging.INFO, log_dir: Optional[str] = None,
@@ -65,6 +69,8 @@ def setup(level: int = logging.INFO, log_dir: Optional[str] = None,
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     to_file: Optional[logging.Handler] = None
     _run_log = None
+    logging.captureWarnings(False)
+    _only_to(logging.getLogger("py.warnings"), None)
     if log_dir:
         folder = Path(log_dir)
         try:
@@ -95,9 +101,13 @@ def setup(level: int = logging.INFO, log_dir: Optional[str] = None,
     return _run_log
 
 
-def _only_to(logger: logging.Logger, handler: logging.Handler) -> None:
+def _only_to(logger: logging.Logger, handler: Optional[logging.Handler]) -> None:
+    """Give ``logger`` exactly ``handler`` (None: its default, propagating to the root)."""
     for old in list(logger.handlers):
         logger.removeHandler(old)
+    if handler is None:
+        logger.propagate = True
+        return
     # (the base class's method: PySparkLogger.addHandler would re-format the handler as JSON)
     logging.Logger.addHandler(logger, handler)
     logger.propagate = False
@@ -123,9 +133,14 @@ def stderr_to(path: Optional[Path]) -> Iterator[None]:
     if path is None:
         yield
         return
+    try:
+        target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        logging.getLogger(LOGGER).warning(f"Spark's output stays on the terminal: {exc}")
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
-    target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.dup2(target, 2)
         yield
@@ -143,11 +158,17 @@ def quiet_stderr() -> Iterator[None]:
     keep it in the run's log file otherwise."""
     sys.stderr.flush()
     try:
-        saved = os.dup(2)
-    except OSError:          # no usable descriptor 2 (some notebook kernels): nothing to hide
+        held = tempfile.TemporaryFile(mode="w+b")
+    except OSError:          # nowhere to hold it: let it through
         yield
         return
-    with tempfile.TemporaryFile(mode="w+b") as held:
+    try:
+        saved = os.dup(2)
+    except OSError:          # no usable descriptor 2 (some notebook kernels): nothing to hide
+        held.close()
+        yield
+        return
+    with held:
         os.dup2(held.fileno(), 2)
         failed = False
         try:
@@ -173,7 +194,9 @@ def python_stderr_to_log() -> Iterator[None]:
     notices) to the run's log file at DEBUG instead of the terminal."""
     import io
     held = io.StringIO()
-    with contextlib.redirect_stderr(held):
-        yield
-    if held.getvalue().strip():
-        logging.getLogger(LOGGER).debug(held.getvalue().rstrip())
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    finally:
+        if held.getvalue().strip():
+            logging.getLogger(LOGGER).debug(held.getvalue().rstrip())

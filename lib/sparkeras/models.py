@@ -1,6 +1,8 @@
 """Keras model builders. Call them inside ``strategy.scope()``."""
 from __future__ import annotations
 
+from .errors import InputNotFound, UsageError
+
 
 def build_mlp(n_features: int, n_classes: int, hidden_units: list[int], learning_rate: float,
               seed: int = 42):
@@ -93,12 +95,12 @@ def build_image_model(shape: tuple[int, int, int], n_classes: int, architecture:
         x = layers.Dense(128, activation="relu", name="dense")(x)
     elif architecture == "transfer":
         if c != 3:
-            raise ValueError(f"transfer learning needs RGB images (3 channels); the table has "
+            raise UsageError(f"transfer learning needs RGB images (3 channels); the table has "
                              f"{c}: ingest with images.size.<format> = [h, w, 3]")
         if min(h, w) < 32:
-            raise ValueError(f"transfer backbones need images of at least 32x32, got {h}x{w}")
+            raise UsageError(f"transfer backbones need images of at least 32x32, got {h}x{w}")
         if backbone_weights is not None and not __import__("os").path.isfile(backbone_weights):
-            raise FileNotFoundError(f"images.backbone_weights: no such file {backbone_weights}")
+            raise InputNotFound(f"images.backbone_weights: no such file {backbone_weights}")
         ctor_name, scaling = BACKBONES[backbone]
         x = layers.Rescaling(1.0, name="to_float")(inputs)
         for layer in (augmentation(seed) if augment else []):

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .errors import UsageError
+
 FORMATS = ("csv", "parquet", "json")
+MAX_CSV_BYTES = 2**31 - 1 - (1 << 20)    # Spark reads a whole file as one value of < 2 GiB
 
 
 def read_csv(spark, files, columns: Sequence[str], required: Sequence[str], key: str):
@@ -21,6 +24,13 @@ def read_csv(spark, files, columns: Sequence[str], required: Sequence[str], key:
     from pyspark.sql import functions as F
 
     from . import csv_records
+    too_big = [(path, size) for path, size, _ in files.listing if size > MAX_CSV_BYTES]
+    if too_big:
+        path, size = too_big[0]
+        raise UsageError(f"{path} has {size / 2**30:.1f} GiB: a CSV file is parsed whole by one "
+                         f"task (quoted fields may span lines), and Spark reads files of at most "
+                         f"2 GiB: split it (split -l keeps whole lines only if no quoted field "
+                         f"holds a line break), or convert it to Parquet")
     columns, required = list(columns), list(required)
     names = ["raw", "source_file", "_parse_error", *columns]
     schema = ", ".join(f"`{n}` string" for n in names)
@@ -89,4 +99,4 @@ def read(spark, files, fmt: str, columns: Sequence[str], required: Sequence[str]
         return read_json(spark, files.source, columns)
     if fmt == "parquet":
         return read_parquet(spark, files.source, columns, required)
-    raise ValueError(f"unknown tabular format {fmt!r}; expected one of {list(FORMATS)}")
+    raise UsageError(f"unknown tabular format {fmt!r}; expected one of {list(FORMATS)}")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import tables
 from .config import Config
-from .errors import ReconciliationError
+from .errors import DataError, ReconciliationError
 from .tables import INGEST_BATCH, SCORE_BATCH
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class ResolvedModel:
     features: tuple = ()            # incidents: the input columns, in order
     input_shape: tuple = ()         # images: (height, width, channels)
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    threads: int = 1                # TensorFlow threads of each Python worker that runs it
 
 
 def resolve_model(cfg: Config, model_uri: Optional[str], default_name: str) -> ResolvedModel:
@@ -68,17 +69,17 @@ def resolve_model(cfg: Config, model_uri: Optional[str], default_name: str) -> R
             name, version = m.group(1), m.group(2)
     meta = get_model_info(uri).metadata or {}
     if "labels" not in meta:
-        raise ValueError(f"model {uri} has no sparkeras metadata (labels): it was not "
+        raise DataError(f"model {uri} has no sparkeras metadata (labels): it was not "
                          f"trained by sparkeras")
     return ResolvedModel(uri, name, version, meta.get("workload", ""), tuple(meta["labels"]),
                          cfg.mlflow.tracking_uri, cfg.mlflow.registry(),
                          tuple(meta.get("features", [])), tuple(meta.get("input_shape", [])),
-                         dict(meta))
+                         dict(meta), cfg.score.worker_threads)
 
 
 def check_workload(model: ResolvedModel, workload: str) -> None:
     if model.workload and model.workload != workload:
-        raise ValueError(f"model {model.uri} was trained on {model.workload}, not {workload}")
+        raise DataError(f"model {model.uri} was trained on {model.workload}, not {workload}")
 
 
 class ModelCache:
@@ -106,10 +107,11 @@ class ModelCache:
             return value
 
 
-def keras_forward(model: ResolvedModel, input_shape: Sequence[int], dtype: str, threads: int):
+def keras_forward(model: ResolvedModel, input_shape: Sequence[int], dtype: str):
     """A cached ``numpy -> numpy`` forward pass of ``model`` in this process."""
     key = (model.uri, model.tracking_uri, model.registry_uri, tuple(input_shape), dtype)
-    return ModelCache.get(key, lambda: _load_forward(model, tuple(input_shape), dtype, threads))
+    return ModelCache.get(key, lambda: _load_forward(model, tuple(input_shape), dtype,
+                                                     model.threads))
 
 
 def _load_forward(model: ResolvedModel, input_shape, dtype, threads):
@@ -187,10 +189,10 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
     src = spark.table(table)
     missing = [c for c in job.required_columns if c not in src.columns]
     if missing:
-        raise ValueError(f"table {table} lacks {job.required_hint or 'the columns'} {missing}")
+        raise DataError(f"table {table} lacks {job.required_hint or 'the columns'} {missing}")
     if input_batches:
         if INGEST_BATCH not in src.columns:
-            raise ValueError(f"table {table} has no {INGEST_BATCH} column to select batches by")
+            raise DataError(f"table {table} has no {INGEST_BATCH} column to select batches by")
         src = src.where(F.col(INGEST_BATCH).isin(*input_batches))
     if batch_id:
         batch = F.lit(batch_id)

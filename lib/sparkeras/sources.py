@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
+from .errors import InputNotFound
 from .tables import sql_literal
 
 GLOB = re.compile(r"[*?\[{]")
@@ -63,7 +64,7 @@ class SourceFiles:
         self.root = source_root(source)
         self.paths = sorted(_normalize(p) for p in self.df.inputFiles())
         if not self.paths:
-            raise FileNotFoundError(f"no input files match {source}")
+            raise InputNotFound(f"no input files match {source}")
         # One small job: contents are not read (the column is not selected).
         self.listing = sorted((r.path, r.length, r.modificationTime) for r in
                               self.df.select("path", "length", "modificationTime").collect())

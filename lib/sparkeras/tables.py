@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .errors import DataError
 from .session import temporary_conf
 
 INGEST_BATCH = "ingest_batch_id"    # ingested tables: the source files' batch
@@ -58,7 +59,8 @@ def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str
         return
     target_cols = spark.table(table).columns
     if sorted(target_cols) != sorted(df.columns):
-        raise ValueError(f"table {table} has columns {target_cols}, the data has {df.columns}")
+        raise DataError(f"table {table} has columns {target_cols}, the data has {df.columns}: "
+                        f"write to a new table, or drop this one if its layout is outdated")
     df = df.select(*target_cols)
     if fmt == "delta":
         # One transaction; Delta refuses rows outside the predicate, and named batches that

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from . import logs, tracking
 from .config import Config
+from .errors import DataError
 from .tf_runtime import configure_tensorflow, make_strategy
 from .training import evaluate as ev
 from .training import feed
@@ -59,7 +60,7 @@ def train(spark, job: TrainingJob) -> dict:
         # Several files per split, of near-equal rows: each barrier worker reads its share.
         cache = feed.write_cache(job.data, cache_root, files=max(2, 2 * cfg.train.workers))
         if min(cache.rows.values()) == 0:
-            raise ValueError(f"table {job.table} has too few labelled rows to split: {cache.rows}")
+            raise DataError(f"table {job.table} has too few labelled rows to split: {cache.rows}")
         log.info(f"rows per split: {cache.rows}")
         return _fit_log_register(spark, cfg, job, cache)
     finally:
@@ -73,18 +74,19 @@ def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache,
     tcfg = cfg.train
     train_files = cache.files("train")
     pipelines = max(tcfg.workers, 1)
-    petastorm = None
     if tcfg.feed == "petastorm":
-        from .training import petastorm_feed
-        petastorm = petastorm_feed.materialize(spark, cache.root, cache.rows["train"],
-                                               job.decoder, pipelines)
         # The readers run endlessly: each worker's steps are its share of the rows.
-        shard_rows = [petastorm["dataset_size"] // pipelines] * pipelines
+        shard_rows = [cache.rows["train"] // pipelines] * pipelines
     else:
         rows = feed.parquet_rows(train_files)
         shard_rows = [sum(rows[i::pipelines]) for i in range(pipelines)]
     chosen = settings_.resolve(tcfg.batch_size, tcfg.epochs, tcfg.patience, tcfg.learning_rate,
-                               shard_rows)
+                               shard_rows, _replicas_per_worker(spark, cfg))
+    petastorm = None
+    if tcfg.feed == "petastorm":      # (after the settings: a batch that cannot work fails first)
+        from .training import petastorm_feed
+        petastorm = petastorm_feed.materialize(spark, cache.root, cache.rows["train"],
+                                               job.decoder, pipelines)
     spec = {"model": {**job.model_spec, "learning_rate": chosen.learning_rate},
             "decoder": job.decoder.spec, "train_files": train_files,
             "val_files": cache.files("validation"), "epochs": chosen.epochs,
@@ -97,6 +99,20 @@ def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache,
             "precision": tcfg.precision, "fault": _fault(tcfg.checkpoint_dir, run_key),
             "petastorm": petastorm}
     return spec, chosen
+
+
+def _replicas_per_worker(spark, cfg: Config) -> int:
+    """Devices that share each worker's batch: the driver's GPUs under MirroredStrategy,
+    or the GPUs Spark gives each barrier task (``spark.task.resource.gpu.amount``)."""
+    if cfg.train.workers == 0:
+        if cfg.train.strategy != "mirrored":
+            return 1
+        tf = configure_tensorflow(cfg.tensorflow.intra_op_threads, cfg.tensorflow.inter_op_threads)
+        return max(1, len(tf.config.list_logical_devices("GPU")))
+    try:
+        return max(1, int(float(spark.conf.get("spark.task.resource.gpu.amount", "0"))))
+    except (ValueError, TypeError):
+        return 1
 
 
 def _fault(checkpoint_dir: str, run_key: str) -> Optional[dict]:

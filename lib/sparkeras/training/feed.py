@@ -19,6 +19,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..errors import DataError
+
 SPLITS = ("train", "validation", "test")
 BUCKET = "_bucket"     # the id's hash bucket (0..9999), added by assign_split
 
@@ -153,7 +155,7 @@ def fixed_steps(files: Sequence[str], decoder, batch_size: int, steps: int,
             if produced == steps:
                 return
         if produced == before:
-            raise ValueError(f"{len(files)} training files hold less than one batch of "
+            raise DataError(f"{len(files)} training files hold less than one batch of "
                              f"{batch_size} rows")
         cycle += 1
 

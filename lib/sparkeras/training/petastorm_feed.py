@@ -15,6 +15,8 @@ import os
 import warnings
 from pathlib import Path
 
+from ..errors import UsageError
+
 REQUIREMENT = ("train.feed: petastorm needs petastorm 0.13.1, which imports only with "
                "pyarrow <= 14 and numpy < 2 (the Spark 3.5 stack of `make test-compat` and "
                "Databricks 15.4/16.4 LTS ML); use train.feed: arrow on this stack")
@@ -27,7 +29,7 @@ def import_petastorm():
             warnings.simplefilter("ignore")
             from petastorm import spark as petastorm_spark
     except ImportError as exc:
-        raise ValueError(f"{REQUIREMENT} (importing it here fails: {exc})") from None
+        raise UsageError(f"{REQUIREMENT} (importing it here fails: {exc})") from None
     return petastorm_spark
 
 

@@ -10,9 +10,11 @@ Every one of ``train.batch_size``, ``train.epochs``, ``train.patience`` and
   :data:`MAX_BATCH`; never more rows than the smallest worker's share. It is chosen from all
   training rows, so N workers run the same global batch and steps as one.
 - **epochs**: enough for at least :data:`TARGET_STEPS` optimizer steps, between
-  :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`. Early stopping on validation loss (with the best
-  epoch's weights restored) decides when to stop, so this is a ceiling: sets with 100 steps
-  per epoch or more keep 10 epochs.
+  :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`, and more than 10 only while the whole run stays
+  under :data:`MAX_EXTRA_SAMPLES` training samples: small sets get the passes they need,
+  sets of 20,000 rows or more keep the 10 epochs they always had. Early stopping on
+  validation loss (with the best epoch's weights restored) decides when to stop: this is a
+  ceiling.
 - **patience**: an eighth of the epochs, between 3 and 10 (small validation sets are noisy).
 - **learning rate**: Adam's 0.001 for batches up to :data:`MAX_BATCH`; above that (an explicit
   large batch) it grows with the square root of the batch (the square-root scaling rule for
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 from ..config import AUTO
+from ..errors import DataError, UsageError
 
 MIN_STEPS = 50
 MIN_BATCH = 32
@@ -32,6 +35,7 @@ MAX_BATCH = 1024
 TARGET_STEPS = 1000
 MIN_EPOCHS = 10
 MAX_EPOCHS = 100
+MAX_EXTRA_SAMPLES = 200_000
 BASE_LEARNING_RATE = 1e-3
 
 
@@ -68,39 +72,49 @@ def _plural(n: int, word: str) -> str:
 
 
 def resolve(batch_size: Union[int, str], epochs: Union[int, str], patience: Union[int, str],
-            learning_rate: Union[float, str], shard_rows: Sequence[int]) -> Settings:
+            learning_rate: Union[float, str], shard_rows: Sequence[int],
+            replicas_per_worker: int = 1) -> Settings:
     """Settings for workers holding ``shard_rows`` training rows each (one entry per
-    worker; the driver counts as one). Raises ValueError when an explicit batch cannot
-    give every worker one full step."""
+    worker; the driver counts as one), each with ``replicas_per_worker`` devices (GPUs) that
+    split its batch. Raises UsageError when an explicit batch cannot give every worker one
+    full step, DataError when a worker has no rows."""
     workers = len(shard_rows)
     total, smallest = int(sum(shard_rows)), int(min(shard_rows))
     if smallest < 1:
-        raise ValueError(f"a training worker has no training rows ({list(shard_rows)} rows per "
+        raise DataError(f"a training worker has no training rows ({list(shard_rows)} rows per "
                          f"worker): lower train.workers or add data")
     rows = _plural(total, "training row")
     on = "" if workers == 1 else f" on {workers} workers"
     why: dict[str, str] = {}
+    replicas = max(1, int(replicas_per_worker))
     if batch_size == AUTO:
         target = _power_of_two_at_most(total / MIN_STEPS)
         global_batch = min(max(target, MIN_BATCH), MAX_BATCH)
         per_worker = min(max(1, global_batch // workers), smallest)
+        per_worker = max(replicas, per_worker // replicas * replicas)   # whole per device
         global_batch = per_worker * workers
         steps = smallest // per_worker
         why["batch_size"] = f"auto: {rows}{on}, {steps} steps per epoch"
     else:
         per_worker = int(batch_size) // workers
         if per_worker < 1:
-            raise ValueError(f"train.batch_size {batch_size} is smaller than the {workers} "
+            raise UsageError(f"train.batch_size {batch_size} is smaller than the {workers} "
                              f"workers")
+        if per_worker % replicas:
+            raise UsageError(f"train.batch_size {batch_size} gives each worker {per_worker} rows, "
+                             f"which its {replicas} devices cannot share evenly: use a multiple "
+                             f"of {workers * replicas}")
         global_batch = per_worker * workers
         steps = smallest // per_worker
         if steps < 1:
-            raise ValueError(f"{smallest} training rows per worker are fewer than one batch of "
+            raise UsageError(f"{smallest} training rows per worker are fewer than one batch of "
                              f"{per_worker}: lower train.batch_size or train.workers (or leave "
                              f"train.batch_size at auto)")
         why["batch_size"] = "set"
     if epochs == AUTO:
-        n_epochs = min(max(math.ceil(TARGET_STEPS / steps), MIN_EPOCHS), MAX_EPOCHS)
+        wanted = min(max(math.ceil(TARGET_STEPS / steps), MIN_EPOCHS), MAX_EPOCHS)
+        affordable = max(MIN_EPOCHS, MAX_EXTRA_SAMPLES // max(total, 1))
+        n_epochs = min(wanted, affordable)
         why["epochs"] = (f"auto: at most {n_epochs} of {steps} steps; early stopping decides"
                          if n_epochs > MIN_EPOCHS else
                          f"auto: at most {n_epochs}; early stopping decides")

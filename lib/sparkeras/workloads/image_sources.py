@@ -15,6 +15,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import InputNotFound, UsageError
 from ..sources import SourceFiles, relative_path
 from . import image_formats as fmt_
 
@@ -237,7 +238,7 @@ def read_cifar(spark, files: SourceFiles, class_names: Sequence[str] = ()):
                      .select("path", rel.alias("rel"), "content")
                      .mapInPandas(parse, RECORD_SCHEMA))
     if not parts:
-        raise FileNotFoundError(f"no CIFAR-10 batch files (*.bin) in {files.source}")
+        raise InputNotFound(f"no CIFAR-10 batch files (*.bin) in {files.source}")
     return _union(parts)
 
 
@@ -282,7 +283,7 @@ def read_raw(spark, files: SourceFiles, fmt: str, class_names: Sequence[str] = (
     elif fmt == "folder":
         df = read_folder(spark, files, labeled)
     else:
-        raise ValueError(f"unknown image format {fmt!r}; expected one of {list(FORMATS)}")
+        raise UsageError(f"unknown image format {fmt!r}; expected one of {list(FORMATS)}")
     if not labeled:
         from pyspark.sql import functions as F
         df = df.withColumn("label", F.lit(None).cast("string")) \

@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from ..errors import UsageError
 from . import image_formats as fmt_
 
 FORMATS = ("idx", "cifar", "folder")
@@ -60,9 +61,9 @@ def synthetic_images(start: int, count: int, n_classes: int, height: int, width:
                      channels: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """Images ``start .. start+count-1``: (uint8[count, h, w, c], labels uint8[count])."""
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise UsageError(f"channels must be 1 or 3, got {channels}")
     if not 2 <= n_classes <= 256:
-        raise ValueError(f"n_classes must be between 2 and 256, got {n_classes}")
+        raise UsageError(f"n_classes must be between 2 and 256, got {n_classes}")
     images, labels = [], []
     first, last = start // CHUNK, (start + count - 1) // CHUNK if count else start // CHUNK - 1
     for c in range(first, last + 1):
@@ -129,7 +130,7 @@ def generation_plan(count: int, fmt: str) -> list[dict]:
     ``data_batch_<n>.bin`` of up to 10,000; folders: ``train/`` and ``test/`` (every 7th
     image), written in chunks of 1,000."""
     if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
+        raise UsageError(f"count must be at least 1, got {count}")
     shards = []
     if fmt == "folder":
         for start in range(0, count, CHUNK):
@@ -159,7 +160,7 @@ def generate(spark, count: int, out: str, fmt: str, seed: int = 7, n_classes: in
     task per shard (``out`` must be a path every worker can write: local or a Volume)."""
     from pyspark.sql import functions as F
     if fmt not in FORMATS:
-        raise ValueError(f"unknown image format {fmt!r}; expected one of {list(FORMATS)}")
+        raise UsageError(f"unknown image format {fmt!r}; expected one of {list(FORMATS)}")
     out = str(Path(out).absolute())
     os.makedirs(out, exist_ok=True)
     if fmt == "cifar":

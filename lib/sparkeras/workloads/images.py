@@ -17,6 +17,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import DataError, UsageError
 from . import image_formats as fmt_
 from . import image_sources
 
@@ -88,7 +89,7 @@ def ingest_job(cfg, fmt: str, labeled: bool = True, size: Optional[Sequence[int]
     from ..columns import index_of
     from ..ingest import KEY, IngestJob
     if fmt not in FORMATS:
-        raise ValueError(f"unknown image format {fmt!r}; expected one of {list(FORMATS)}")
+        raise UsageError(f"unknown image format {fmt!r}; expected one of {list(FORMATS)}")
     icfg = cfg.images
     height, width, channels = size or getattr(icfg.size, fmt)
     rows = decode_batch_rows(height, width, channels, icfg.decode_batch_rows)
@@ -136,7 +137,7 @@ def image_shape(df, table: str) -> tuple[int, int, int]:
     """The one (height, width, channels) of the images in ``df``; an error if mixed."""
     shapes = [tuple(r) for r in df.select("height", "width", "channels").distinct().collect()]
     if len(shapes) != 1:
-        raise ValueError(f"table {table} holds images of sizes {sorted(shapes)}: training needs "
+        raise DataError(f"table {table} holds images of sizes {sorted(shapes)}: training needs "
                          f"one size (ingest with one images.size setting)")
     return shapes[0]
 
@@ -156,7 +157,7 @@ def training_job(spark, cfg, table: str):
     df = spark.table(table).where(F.col(LABEL).isNotNull())
     labels = image_vocabulary(df)
     if len(labels) < 2:
-        raise ValueError(f"table {table} has {len(labels)} labelled class(es); training needs 2 "
+        raise DataError(f"table {table} has {len(labels)} labelled class(es); training needs 2 "
                          f"or more")
     shape = image_shape(df, table)
     arch = resolve_architecture(icfg.architecture, shape[0], shape[1])
@@ -232,7 +233,7 @@ def top_k_columns(k: int) -> list[str]:
     return [f"top_{i}_{part}" for i in range(1, k + 1) for part in ("index", "probability")]
 
 
-def image_predict_udf(model, threads: int = 1, with_dims: bool = True, chunk_rows: int = 128):
+def image_predict_udf(model, with_dims: bool = True, chunk_rows: int = 128):
     """An iterator pandas UDF: (image[, height, width, channels]) -> struct of ``reason``
     and the top-k class indices and probabilities."""
     from pyspark.sql.functions import pandas_udf
@@ -247,7 +248,7 @@ def image_predict_udf(model, threads: int = 1, with_dims: bool = True, chunk_row
 
     @pandas_udf(schema)
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        forward = keras_forward(model, shape, "uint8", threads)
+        forward = keras_forward(model, shape, "uint8")
         for pdf in batches:
             dims = (pdf["height"], pdf["width"], pdf["channels"]) if with_dims else (None,) * 3
             x, positions, reasons = images_to_array(pdf["image"], *dims, shape)
@@ -269,12 +270,12 @@ def image_predict_udf(model, threads: int = 1, with_dims: bool = True, chunk_row
     return predict
 
 
-def predict_image_columns(df, model, threads: int = 1, chunk_rows: int = 128):
+def predict_image_columns(df, model, chunk_rows: int = 128):
     """``df`` + ``predicted_label``, ``confidence``, ``top_<i>_label``/``_probability`` and
     ``_reason`` (why a row has no prediction) (pure transform)."""
     from pyspark.sql import functions as F
     with_dims = all(c in df.columns for c in ("height", "width", "channels"))
-    udf = image_predict_udf(model, threads, with_dims, chunk_rows)
+    udf = image_predict_udf(model, with_dims, chunk_rows)
     args = [F.col("image")] + ([F.col("height"), F.col("width"), F.col("channels")]
                                if with_dims else [])
     out = df.withColumn("_p", udf(F.struct(*[a.alias(n) for a, n in zip(
@@ -308,8 +309,7 @@ def scoring_job(cfg, model):
     return ScoringJob(
         workload=NAME, model=model, key=ID, required_columns=[ID, "image"],
         required_hint="the columns", problems=problems,
-        predict=lambda df: predict_image_columns(df, model, cfg.score.worker_threads,
-                                                 cfg.score.predict_chunk_rows),
+        predict=lambda df: predict_image_columns(df, model, cfg.score.predict_chunk_rows),
         output_columns=[F.col(ID), "predicted_label", "confidence",
                         *[c for i in range(1, k + 1)
                           for c in (f"top_{i}_label", f"top_{i}_probability")]],

@@ -13,6 +13,8 @@ from typing import Iterator, Optional
 import numpy as np
 import pandas as pd
 
+from ..errors import UsageError
+
 NAME = "incidents"
 ID = "ID"
 LABEL = "ROOT_CAUSE"
@@ -86,7 +88,7 @@ def write_generated(spark, rows: int, out: str, fmt: str = "csv", seed: int = 7,
     elif fmt == "parquet":
         writer.parquet(out)
     else:
-        raise ValueError(f"unknown format {fmt!r}; expected csv or parquet")
+        raise UsageError(f"unknown format {fmt!r}; expected csv or parquet")
     return {"rows": rows, "out": out, "format": fmt, "seed": seed, "labeled": labeled}
 
 
@@ -96,7 +98,7 @@ def read_raw(spark, files, fmt: str):
     as strings + ``raw``, ``source_file``, ``_parse_error`` (see :mod:`sparkeras.readers`)."""
     from .. import readers
     if fmt not in FORMATS:
-        raise ValueError(f"unknown incident format {fmt!r}; expected one of {list(FORMATS)}")
+        raise UsageError(f"unknown incident format {fmt!r}; expected one of {list(FORMATS)}")
     return readers.read(spark, files, fmt, COLUMNS, REQUIRED, ID)
 
 
@@ -158,7 +160,7 @@ def ingest_job(cfg, fmt: str = "csv"):
 
     from ..ingest import IngestJob
     if fmt not in FORMATS:
-        raise ValueError(f"unknown incident format {fmt!r}; expected one of {list(FORMATS)}")
+        raise UsageError(f"unknown incident format {fmt!r}; expected one of {list(FORMATS)}")
     return IngestJob(
         workload=NAME, key=ID, table_format=cfg.tables.format,
         read=lambda spark, files: validate(read_raw(spark, files, fmt)),
@@ -195,7 +197,7 @@ def probability_columns(labels) -> list[str]:
     return [f"probability_{label}" for label in labels]
 
 
-def predict_udf(model, threads: int = 1):
+def predict_udf(model):
     """An iterator pandas UDF: struct of feature columns -> struct of probability floats."""
     import pandas as pd
     from pyspark.sql.functions import pandas_udf
@@ -208,7 +210,7 @@ def predict_udf(model, threads: int = 1):
 
     @pandas_udf(schema)
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        forward = keras_forward(model, (n_features,), "float32", threads)
+        forward = keras_forward(model, (n_features,), "float32")
         for pdf in batches:
             p = forward(pdf.to_numpy(dtype=np.float32))
             yield pd.DataFrame({n: p[:, i] for i, n in enumerate(names)}, copy=False)
@@ -228,11 +230,11 @@ def input_problems(features, id_col: str = ID):
     return F.when(reason != "", reason)
 
 
-def predict_columns(df, model, threads: int = 1):
+def predict_columns(df, model):
     """``df`` + probability columns + ``predicted_label`` + ``confidence`` + ``_reason``
     (non-finite probabilities) (pure transform)."""
     from pyspark.sql import functions as F
-    udf = predict_udf(model, threads)
+    udf = predict_udf(model)
     names = probability_columns(model.labels)
     # 0/1 signals travel to Python as int8 (validated upstream): the narrowest Arrow input.
     out = df.withColumn("_p", udf(F.struct(*[F.col(c).cast("tinyint") for c in model.features])))
@@ -261,7 +263,7 @@ def scoring_job(cfg, model):
         workload=NAME, model=model, key=ID, required_columns=[ID, *model.features],
         required_hint="the model's input columns",
         problems=input_problems(model.features),
-        predict=lambda df: predict_columns(df, model, cfg.score.worker_threads),
+        predict=lambda df: predict_columns(df, model),
         output_columns=[F.col(ID), F.col("predicted_label").alias("predicted_root_cause"),
                         "confidence", *names],
         daily_label="predicted_root_cause", daily_count="incidents",
