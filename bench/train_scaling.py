@@ -68,12 +68,13 @@ def feed_throughput(data, decoder, batch: int, shuffle: int, root: str, repeats:
     def spark_fed():
         ds = tf.data.Dataset.from_generator(
             lambda: feed.fixed_steps(files, decoder, batch, steps, shuffle, 1),
-            output_signature=(tf.TensorSpec((batch, *decoder.shape), decoder.dtype),
+            output_signature=({name: tf.TensorSpec((batch, *shape), dtype)
+                               for name, (shape, dtype) in decoder.inputs.items()},
                               tf.TensorSpec((batch,), tf.int32))).prefetch(2)
         return ds
 
     xs, ys = zip(*feed.iter_batches(files, decoder, 8192))
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    x, y = feed.concat(xs), np.concatenate(ys)
 
     def in_memory():
         return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(shuffle, seed=1)
@@ -143,7 +144,7 @@ def main() -> None:
         F.lit(0).alias("label"), F.lit("train").alias("split"))
     img = spark.table("bench_images").select("image", F.col("label_index").alias("label"),
                                              F.lit("train").alias("split"))
-    results["feed_incidents"] = feed_throughput(inc, feed.FeatureDecoder(incidents.FEATURES), 512,
+    results["feed_incidents"] = feed_throughput(inc, feed.TabularDecoder(incidents.FEATURES), 512,
                                                 65536, f"{state}/feed_inc", args.repeats)
     results["feed_images"] = feed_throughput(img, feed.ImageDecoder((28, 28, 1)), 512, 20000,
                                              f"{state}/feed_img", args.repeats)

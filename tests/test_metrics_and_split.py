@@ -47,10 +47,10 @@ def test_iter_batches_streams_every_row_once(tmp_path):
                        tmp_path / f"p{i}.parquet")
     files = sorted(str(p) for p in tmp_path.glob("*.parquet"))
     for shuffle in (0, 700):
-        batches = list(feed.iter_batches(files, feed.FeatureDecoder(["f1", "f2"]), 256, shuffle,
+        batches = list(feed.iter_batches(files, feed.TabularDecoder(["f1", "f2"]), 256, shuffle,
                                          seed=1))
-        assert all(len(x) == 256 for x, _ in batches[:-1])
-        x = np.concatenate([b[0] for b in batches])
+        assert all(len(y) == 256 for _, y in batches[:-1])
+        x = np.concatenate([b[0]["features"] for b in batches])
         y = np.concatenate([b[1] for b in batches])
         assert len(x) == 4500 and x.dtype == np.float32 and y.dtype == np.int32
         assert sorted(x[:, 0].tolist()) == sorted(

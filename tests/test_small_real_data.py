@@ -49,7 +49,7 @@ def test_a_1000_row_export_trains_with_the_default_command(spark, tmp_path):
     train_rows = trained["rows"]["train"]
     assert (settings["batch_size"], settings["steps_per_epoch"]) == (32, train_rows // 32)
     assert settings["why"]["batch_size"] == (f"auto: {train_rows} training rows, "
-                                             f"{train_rows // 32} steps per epoch")
+                                             f"{train_rows // 32} steps per pass")
     assert f"batch_size 32 (auto: {train_rows} training rows" in proc.stderr
     optimum, test_rows = bayes_accuracy_on_test_split(spark, pdf)
     assert trained["test_metrics"]["rows"] == test_rows

@@ -18,8 +18,8 @@ def test_a_1000_row_export_gets_small_batches_and_room_to_converge():
     s = auto([809])
     assert (s.global_batch, s.per_worker_batch, s.steps_per_epoch) == (32, 32, 25)
     assert (s.epochs, s.patience, s.learning_rate) == (40, 5, 0.001)
-    assert s.why["batch_size"] == "auto: 809 training rows, 25 steps per epoch"
-    assert "batch_size 32 (auto: 809 training rows, 25 steps per epoch)" in s.describe()
+    assert s.why["batch_size"] == "auto: 809 training rows, 25 steps per pass"
+    assert "batch_size 32 (auto: 809 training rows, 25 steps per pass)" in s.describe()
 
 
 def test_a_million_rows_keep_the_large_fast_batch_and_ten_epochs():
@@ -40,12 +40,15 @@ def test_workers_share_the_global_batch_and_run_the_same_steps():
     one, two = auto([9_600]), auto([4_800, 4_801])
     assert (two.global_batch, two.per_worker_batch) == (one.global_batch, 64)
     assert two.steps_per_epoch == 4_800 // 64
-    assert two.why["batch_size"] == "auto: 9,601 training rows on 2 workers, 75 steps per epoch"
+    assert two.why["batch_size"] == "auto: 9,601 training rows on 2 workers, 75 steps per pass"
 
 
-def test_tiny_sets_still_get_one_step_per_worker():
-    s = auto([10, 12])
-    assert (s.per_worker_batch, s.global_batch, s.steps_per_epoch) == (10, 20, 1)
+def test_tiny_sets_are_cycled_so_an_epoch_has_25_steps():
+    s = auto([10, 12])                                   # one step per pass over the rows
+    assert (s.per_worker_batch, s.global_batch, s.steps_per_epoch) == (10, 20, 25)
+    assert (s.epochs, s.why["epochs"]) == (
+        40, "auto: at most 40 of 25 steps (25 passes over the rows each); early stopping decides")
+    assert auto([7], epochs=30).steps_per_epoch == 1     # an explicit epoch is one pass
     with pytest.raises(ValueError, match="a training worker has no training rows"):
         auto([5, 0])
 

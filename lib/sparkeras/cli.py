@@ -107,15 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--batch-id", help=batch_help)
     i.add_argument("--unlabeled", action="store_true",
                    help="new images: ignore class folders and label files")
+    i = command(ing, "tabular", "files of a table declared by a schema file (docs/tabular.md)")
+    i.add_argument("--schema", required=True, metavar="FILE",
+                   help="the schema YAML: id, features with their kinds, target")
+    i.add_argument("--source", required=True, help="a file, folder or glob")
+    i.add_argument("--table", help="the table to write (default: the schema's name)")
+    i.add_argument("--format", choices=["csv", "parquet", "json"], default="csv",
+                   help="file format (default: csv)")
+    i.add_argument("--batch-id", help=batch_help)
 
     tr = workloads(sub.add_parser("train", help="train, log to MLflow, register, gate the "
                                   "champion", description="Train a model on a table, log the "
                                   "run to MLflow, register it and move the champion alias if "
                                   "it is at least as good."))
     for workload, what in (("incidents", "the root-cause MLP"),
-                           ("images", "an image classifier")):
+                           ("images", "an image classifier"),
+                           ("tabular", "a classifier or regressor for a declared schema")):
         t = command(tr, workload, f"train {what}")
-        t.add_argument("--table", required=True, help="the ingested table to train on")
+        if workload == "tabular":
+            t.add_argument("--schema", required=True, metavar="FILE", help="the schema YAML")
+        t.add_argument("--table", required=workload != "tabular",
+                       help="the ingested table to train on"
+                            + (" (default: the schema's name)" if workload == "tabular" else ""))
         t.add_argument("--epochs", type=int, help="at most this many epochs (default: auto; "
                        "early stopping decides)")
         t.add_argument("--batch-size", type=int, help="global batch size (default: auto, "
@@ -126,12 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc = workloads(sub.add_parser("score", help="score a table with a registered model",
                                   description="Score a table with a registered model into an "
                                   "output table, its quarantine and a daily view."))
-    for workload, model in (("incidents", "incident_model"), ("images", "image_model")):
+    for workload, model in (("incidents", "registry.incident_model"),
+                            ("images", "registry.image_model"),
+                            ("tabular", "the model of the table's schema")):
         s = command(sc, workload, f"score {workload}")
         s.add_argument("--table", required=True, help="the table to score")
         s.add_argument("--output", required=True, help="the scored table to write")
-        s.add_argument("--model", help=f"a models:/ URI (default: models:/<registry.{model}>"
-                                       f"@champion)")
+        s.add_argument("--model", help=f"a models:/ URI (default: {model}, @champion)")
+        if workload == "tabular":
+            s.add_argument("--schema", metavar="FILE", help="the schema whose champion scores "
+                           "(default: the one the table was ingested with)")
         s.add_argument("--batch-id", help="the output batch (default: each row's "
                                           "ingest_batch_id)")
         s.add_argument("--input-batch", action="append", metavar="INGEST_BATCH_ID",
@@ -175,9 +192,16 @@ def run(args, cfg, out) -> Optional[dict]:
         from .workloads import incidents
         return incidents.write_generated(spark, args.rows, args.out, args.format, args.seed,
                                          labeled=not args.unlabeled)
+    schema = None
+    if getattr(args, "schema", None):
+        from .schema import load_schema
+        schema = load_schema(args.schema)
     if cmd == "ingest":
         from . import ingest
-        table = cfg.table_name(args.table)
+        table = cfg.table_name(args.table or schema.name)
+        if workload == "tabular":
+            return ingest.ingest_tabular(spark, cfg, schema, args.source, table, args.format,
+                                         args.batch_id).summary()
         if workload == "images":
             return ingest.ingest_images(spark, cfg, args.source, table, args.format,
                                         not args.unlabeled, args.batch_id).summary()
@@ -185,10 +209,17 @@ def run(args, cfg, out) -> Optional[dict]:
                                        args.batch_id).summary()
     if cmd == "train":
         from . import train
+        if workload == "tabular":
+            return train.train_tabular(spark, cfg, schema, cfg.table_name(args.table or schema.name))
         fit = train.train_images if workload == "images" else train.train_incidents
         return fit(spark, cfg, cfg.table_name(args.table))
     if cmd == "score":
         from . import scoring
+        if workload == "tabular":
+            return scoring.score_tabular(spark, cfg, cfg.table_name(args.table),
+                                         cfg.table_name(args.output),
+                                         args.model or cfg.score.model_uri, args.batch_id,
+                                         args.input_batch, schema).summary()
         apply = scoring.score_images if workload == "images" else scoring.score_incidents
         return apply(spark, cfg, cfg.table_name(args.table), cfg.table_name(args.output),
                      args.model or cfg.score.model_uri, args.batch_id,

@@ -70,6 +70,7 @@ class RegistryConf:
     incident_model: str = "incident_root_cause"
     image_model: str = "image_classifier"
     champion_alias: str = "champion"
+    tabular_prefix: str = ""           # before a schema's model name ("{catalog}.{schema}." in UC)
 
 
 @dataclass

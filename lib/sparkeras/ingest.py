@@ -44,6 +44,7 @@ class IngestJob:
     one_record_per_file: bool = False         # photo folders: checked by the stage
     prepare_valid: Optional[Callable[[Any], Any]] = None   # e.g. class numbers of a folder
     describe: Optional[Callable[[Any, str, str, SourceFiles], dict]] = None  # summary extras
+    table_properties: dict = field(default_factory=dict)    # set on the table (its schema)
 
 
 @dataclass
@@ -129,6 +130,8 @@ def ingest(spark, job: IngestJob, source: str, table: str,
     tables.write_batches(spark, valid, table, INGEST_BATCH, [batch_id], job.table_format)
     tables.write_batches(spark, bad, qtable, INGEST_BATCH, [batch_id], job.table_format)
     valid_rows, quarantined = _reconcile(spark, table, qtable, batch_id, input_rows)
+    if job.table_properties:
+        tables.set_properties(spark, table, job.table_properties)
     extra = job.describe(spark, table, batch_id, files) if job.describe else {}
     return IngestResult(input_rows, valid_rows, quarantined, table, qtable, batch_id, extra)
 
@@ -147,3 +150,11 @@ def ingest_images(spark, cfg, source: str, table: str, fmt: str, labeled: bool =
     (labels ignored)."""
     from .workloads import images
     return ingest(spark, images.ingest_job(cfg, fmt, labeled, size), source, table, batch_id)
+
+
+def ingest_tabular(spark, cfg, schema, source: str, table: str, fmt: str = "csv",
+                   batch_id: Optional[str] = None) -> IngestResult:
+    """Ingest files of a table declared by ``schema`` (csv, parquet or json) into ``table``
+    + its quarantine; the table remembers its schema (a table property)."""
+    from .workloads import tabular
+    return ingest(spark, tabular.ingest_job(cfg, schema, fmt), source, table, batch_id)

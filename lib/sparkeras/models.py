@@ -1,24 +1,57 @@
 """Keras model builders. Call them inside ``strategy.scope()``."""
 from __future__ import annotations
 
+from typing import Optional
+
 from .errors import InputNotFound, UsageError
 
 
-def build_mlp(n_features: int, n_classes: int, hidden_units: list[int], learning_rate: float,
-              seed: int = 42):
-    """The classic root-cause MLP: Dense(relu) layers, then softmax over the classes."""
+def build_tabular(numeric: list[str], normalization: list, categories: dict[str, list[str]],
+                  hidden_units: list[int], task: str, n_classes: int,
+                  target_scale: Optional[list], learning_rate: float, seed: int = 42):
+    """An MLP over a table's features, with its preprocessing inside the model.
+
+    Inputs: ``features`` (``float32[k]``, the number and binary columns in schema order) and
+    one ``string[1]`` input per category column. Numbers are normalised with the training
+    split's (mean, variance) (``normalization``: one pair per numeric column, None for 0/1
+    flags, which stay as they are); each category becomes a one-hot over its training
+    vocabulary plus one out-of-vocabulary slot. Dense(relu) layers (``hidden_units``; none is
+    a linear model), then softmax over the classes, or one linear output rescaled to the
+    target's units (``target_scale`` = the training split's mean and standard deviation).
+    The incident preset (seven flags, no categories) builds the classic root-cause MLP."""
     import keras
+    from keras import layers
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=(n_features,), name="features", dtype="float32")
-    x = inputs
+    inputs, parts = {}, []
+    if numeric:
+        features = keras.Input(shape=(len(numeric),), name="features", dtype="float32")
+        inputs["features"] = features
+        x = features
+        if any(n is not None for n in normalization):
+            x = layers.Normalization(mean=[n[0] if n else 0.0 for n in normalization],
+                                     variance=[n[1] if n else 1.0 for n in normalization],
+                                     name="normalize")(x)
+        parts.append(x)
+    for name, vocabulary in categories.items():
+        column = keras.Input(shape=(1,), name=name, dtype="string")
+        inputs[name] = column
+        parts.append(layers.StringLookup(vocabulary=list(vocabulary), num_oov_indices=1,
+                                         output_mode="one_hot", name=f"lookup_{name}")(column))
+    x = parts[0] if len(parts) == 1 else layers.Concatenate(name="concat")(parts)
     for i, units in enumerate(hidden_units):
-        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
-    # float32 probabilities even under a mixed-precision policy
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities",
-                                 dtype="float32")(x)
-    model = keras.Model(inputs, outputs, name="root_cause_mlp")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        x = layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
+    if task == "classification":
+        # float32 probabilities even under a mixed-precision policy
+        outputs = layers.Dense(n_classes, activation="softmax", name="probabilities",
+                               dtype="float32")(x)
+    else:
+        mean, std = target_scale or (0.0, 1.0)
+        z = layers.Dense(1, name="standardized", dtype="float32")(x)
+        outputs = layers.Rescaling(scale=std, offset=mean, name="prediction", dtype="float32")(z)
+    model_inputs = inputs["features"] if list(inputs) == ["features"] else inputs
+    model = keras.Model(model_inputs, outputs, name="tabular_mlp")
+    loss = "sparse_categorical_crossentropy" if task == "classification" else "mse"
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
     return model
 
 
@@ -122,8 +155,8 @@ def build_image_model(shape: tuple[int, int, int], n_classes: int, architecture:
 def build_from_spec(spec: dict):
     """Build and compile a model from a JSON-able spec (what barrier workers receive)."""
     args = {k: v for k, v in spec.items() if k != "kind"}
-    if spec["kind"] == "mlp":
-        return build_mlp(**args)
+    if spec["kind"] == "tabular":
+        return build_tabular(**args)
     if spec["kind"] == "image":
         return build_image_model(tuple(args.pop("shape")), **args)
     raise ValueError(f"unknown model kind {spec['kind']!r}")

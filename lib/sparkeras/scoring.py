@@ -107,27 +107,35 @@ class ModelCache:
             return value
 
 
-def keras_forward(model: ResolvedModel, input_shape: Sequence[int], dtype: str):
-    """A cached ``numpy -> numpy`` forward pass of ``model`` in this process."""
-    key = (model.uri, model.tracking_uri, model.registry_uri, tuple(input_shape), dtype)
-    return ModelCache.get(key, lambda: _load_forward(model, tuple(input_shape), dtype,
-                                                     model.threads))
+def keras_forward(model: ResolvedModel, inputs: dict):
+    """A cached forward pass of ``model`` in this process: a dict of numpy arrays named as
+    the model's ``inputs`` (``{name: (shape, dtype)}``) -> a numpy array. With one input,
+    a bare array may be passed."""
+    key = (model.uri, model.tracking_uri, model.registry_uri,
+           tuple((name, tuple(shape), dtype) for name, (shape, dtype) in inputs.items()))
+    return ModelCache.get(key, lambda: _load_forward(model, inputs))
 
 
-def _load_forward(model: ResolvedModel, input_shape, dtype, threads):
+def _load_forward(model: ResolvedModel, inputs: dict):
     from .tf_runtime import configure_tensorflow
     # Spark runs one Python worker per task slot: more TF threads only oversubscribe.
-    tf = configure_tensorflow(threads, threads)
+    tf = configure_tensorflow(model.threads, model.threads)
     import mlflow
     mlflow.set_tracking_uri(model.tracking_uri)
     mlflow.set_registry_uri(model.registry_uri)
     keras_model = mlflow.tensorflow.load_model(model.uri)
+    signature = {name: tf.TensorSpec((None, *shape), tf.string if dtype == "string" else dtype)
+                 for name, (shape, dtype) in inputs.items()}
+    (only,) = inputs if len(inputs) == 1 else (None,)
 
-    @tf.function(input_signature=[tf.TensorSpec((None, *input_shape), dtype)])
+    @tf.function(input_signature=[signature])
     @tf.autograph.experimental.do_not_convert
     def forward(x):
-        return keras_model(x, training=False)
-    return lambda x: forward(x).numpy()
+        return keras_model(x if len(x) > 1 else x[only], training=False)
+
+    def run(x):
+        return forward(x if isinstance(x, dict) else {only: x}).numpy()
+    return run
 
 
 # --------------------------------------------------------------------------- the stage
@@ -135,19 +143,21 @@ def _load_forward(model: ResolvedModel, input_shape, dtype, threads):
 class ScoringJob:
     """What a workload brings to the shared scoring stage.
 
-    ``problems`` is a Spark column naming why an input row cannot be scored (null if it
-    can); ``predict(df)`` adds the prediction columns and ``_reason`` (a row the model could
-    not score); ``output_columns`` are the scored table's columns before the lineage
-    columns; the ``<output>_daily`` view counts ``daily_count`` per day and ``daily_label``."""
+    ``problems(df)`` is a Spark column naming why a row of the input ``df`` cannot be
+    scored (null if it can); ``predict(df)`` adds the prediction columns and ``_reason`` (a
+    row the model could not score); ``output_columns`` are the scored table's columns before
+    the lineage columns; the ``<output>_daily`` view counts ``daily_count`` per day (and per
+    ``daily_label`` when there is one) and averages ``daily_average``."""
     workload: str
     model: ResolvedModel
     key: str
     required_columns: list
-    problems: Any
+    problems: Callable[[Any], Any]
     predict: Callable[[Any], Any]
     output_columns: list
-    daily_label: str
+    daily_label: Optional[str]
     daily_count: str
+    daily_average: str = "confidence"
     table_format: str = "parquet"
     arrow_batch_rows: int = 50000
     required_hint: str = ""            # said when the input lacks required columns
@@ -200,7 +210,7 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
         batch = F.coalesce(F.col(INGEST_BATCH), F.lit(_default_batch(table)))
     else:
         batch = F.lit(_default_batch(table))
-    df = src.withColumn("_batch", batch).withColumn("_problem", job.problems)
+    df = src.withColumn("_batch", batch).withColumn("_problem", job.problems(src))
     batch_ids = sorted(r[0] for r in df.select("_batch").distinct().collect())
     qtable = tables.quarantine_name(output)
     model = job.model
@@ -228,10 +238,11 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
         scored.unpersist()
 
     daily = f"{output}_daily"
+    label = f"{job.daily_label}, " if job.daily_label else ""
     tables.create_view(spark, daily,
-                       f"SELECT to_date(scored_at) AS day, {job.daily_label}, "
-                       f"COUNT(*) AS {job.daily_count}, AVG(confidence) AS avg_confidence "
-                       f"FROM {output} GROUP BY to_date(scored_at), {job.daily_label}")
+                       f"SELECT to_date(scored_at) AS day, {label}COUNT(*) AS {job.daily_count}, "
+                       f"AVG({job.daily_average}) AS avg_{job.daily_average} FROM {output} "
+                       f"GROUP BY to_date(scored_at){', ' + job.daily_label if label else ''}")
     in_batches = F.col(SCORE_BATCH).isin(*batch_ids)
     input_rows = df.count()
     scored_rows = spark.table(output).where(in_batches).count()
@@ -262,3 +273,22 @@ def score_images(spark, cfg: Config, table: str, output: str, model_uri: Optiona
     spark.table(table)                    # a missing table fails before the model is looked up
     model = resolve_model(cfg, model_uri, cfg.registry.image_model)
     return score(spark, images.scoring_job(cfg, model), table, output, batch_id, input_batches)
+
+
+def score_tabular(spark, cfg: Config, table: str, output: str, model_uri: Optional[str] = None,
+                  batch_id: Optional[str] = None, input_batches: Optional[Sequence[str]] = None,
+                  schema=None) -> ScoreResult:
+    """Score a table with a model trained on a declared schema (default: the champion of the
+    schema ``table`` was ingested with, or of ``schema``)."""
+    from .errors import UsageError
+    from .workloads import tabular
+    spark.table(table)                    # a missing table fails before the model is looked up
+    if model_uri is None:
+        schema = schema or tabular.table_schema(spark, table)
+        if schema is None:
+            raise UsageError(f"table {table} was not ingested by sparkeras with a schema: name the "
+                             f"model (--model models:/NAME@champion) or the schema (--schema)")
+        model_uri = (f"models:/{cfg.registry.tabular_prefix}{schema.registered_model}"
+                     f"@{cfg.registry.champion_alias}")
+    model = resolve_model(cfg, model_uri, "")
+    return score(spark, tabular.scoring_job(cfg, model), table, output, batch_id, input_batches)

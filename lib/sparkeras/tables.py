@@ -83,3 +83,9 @@ def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str
 
 def create_view(spark, view: str, select_sql: str) -> None:
     spark.sql(f"CREATE OR REPLACE VIEW {view} AS {select_sql}")
+
+
+def set_properties(spark, table: str, properties: dict) -> None:
+    """Set table properties (``TBLPROPERTIES``), e.g. the schema a table was ingested with."""
+    pairs = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())
+    spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ({pairs})")

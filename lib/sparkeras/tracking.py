@@ -33,17 +33,18 @@ def use_experiment(cfg: Config, workload: str) -> str:
     return exp_id
 
 
-def tensor_signature(input_shape, n_classes: int, dtype: str = "float32",
-                     name: str = "features"):
-    """A tensor-based signature (MLflow needs one for Keras models): a batch of
-    ``input_shape`` inputs -> a batch of ``n_classes`` float32 probabilities."""
+def tensor_signature(inputs: dict, n_outputs: int, output_name: str = "probabilities"):
+    """A tensor-based signature (MLflow needs one for Keras models): the model's named
+    inputs (``{name: (shape, dtype)}``, a batch of each) -> a batch of ``n_outputs``
+    float32 values (class probabilities, or one prediction)."""
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
-    shape = (-1, *((input_shape,) if isinstance(input_shape, int) else tuple(input_shape)))
+    specs = [TensorSpec(np.dtype(object) if dtype == "string" else np.dtype(dtype),
+                        (-1, *shape), name) for name, (shape, dtype) in inputs.items()]
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(dtype), shape, name)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")]))
+        inputs=Schema(specs),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_outputs), output_name)]))
 
 
 @dataclass
@@ -51,21 +52,34 @@ class ChampionDecision:
     became_champion: bool
     reason: str
     previous_version: Optional[str] = None
-    previous_macro_f1: Optional[float] = None
+    previous_score: Optional[float] = None
 
 
-COMPARABLE_KEYS = ("labels", "features", "input_shape")
+@dataclass(frozen=True)
+class GateMetric:
+    """The test metric the champion gate compares: its key, how it reads, its direction."""
+    key: str
+    name: str
+    higher_is_better: bool
+
+    def at_least_as_good(self, candidate: float, champion: float) -> bool:
+        return candidate >= champion if self.higher_is_better else candidate <= champion
 
 
-def champion_gate(cfg: Config, model_name: str, version: str, candidate_f1: float,
-                  evaluate: Callable[[object], float],
-                  contract: Optional[dict] = None) -> ChampionDecision:
-    """Move the champion alias to ``version`` only if its test macro F1 is at least the
-    current champion's, both measured now on the same test split (``evaluate`` scores a
-    loaded model on it).
+MACRO_F1 = GateMetric("macro_f1", "macro F1", True)
+RMSE = GateMetric("rmse", "RMSE", False)
+COMPARABLE_KEYS = ("labels", "features", "input_shape", "task")
 
-    A champion whose labels, features or input shape differ from ``contract`` cannot be
-    measured on this split: the alias stays, and the reason says why."""
+
+def champion_gate(cfg: Config, model_name: str, version: str, candidate: float,
+                  evaluate: Callable[[object], float], contract: Optional[dict] = None,
+                  metric: GateMetric = MACRO_F1) -> ChampionDecision:
+    """Move the champion alias to ``version`` only if its test ``metric`` is at least as good
+    as the current champion's (macro F1: higher; RMSE: lower), both measured now on the same
+    test split (``evaluate`` scores a loaded model on it).
+
+    A champion whose labels, features, input shape or task differ from ``contract`` cannot
+    be measured on this split: the alias stays, and the reason says why."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -84,7 +98,7 @@ def champion_gate(cfg: Config, model_name: str, version: str, candidate_f1: floa
     from mlflow.models import get_model_info
     meta = get_model_info(champion_uri).metadata or {}
     differs = [k for k in COMPARABLE_KEYS
-               if contract and k in contract and k in meta and list(meta[k]) != list(contract[k])]
+               if contract and k in contract and k in meta and _plain(meta[k]) != _plain(contract[k])]
     if differs:
         return ChampionDecision(
             False, f"{alias} version {current.version} has other {', '.join(differs)}: it "
@@ -92,22 +106,29 @@ def champion_gate(cfg: Config, model_name: str, version: str, candidate_f1: floa
                    f"{current.version} (move the alias by hand, or register under another "
                    f"model name)", str(current.version))
     champion = mlflow.tensorflow.load_model(champion_uri)
-    champion_f1 = float(evaluate(champion))
-    if candidate_f1 >= champion_f1:
+    score = float(evaluate(champion))
+    relation = ">=" if metric.higher_is_better else "<="
+    if metric.at_least_as_good(candidate, score):
         client.set_registered_model_alias(model_name, alias, version)
         return ChampionDecision(
-            True, f"test macro F1 {candidate_f1:.4f} >= {champion_f1:.4f} of {alias} "
+            True, f"test {metric.name} {candidate:.4f} {relation} {score:.4f} of {alias} "
                   f"version {current.version} on the same test split", str(current.version),
-            champion_f1)
+            score)
+    worse = "<" if metric.higher_is_better else ">"
     return ChampionDecision(
-        False, f"test macro F1 {candidate_f1:.4f} < {champion_f1:.4f} of {alias} version "
+        False, f"test {metric.name} {candidate:.4f} {worse} {score:.4f} of {alias} version "
                f"{current.version} on the same test split: {alias} stays at version "
-               f"{current.version}", str(current.version), champion_f1)
+               f"{current.version}", str(current.version), score)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def model_versions(cfg: Config, model_name: str):
     """Every registered version of ``model_name``, newest first, as a pandas DataFrame:
-    version, aliases, the test macro F1 and accuracy its run measured, run id, creation time."""
+    version, aliases, the test metrics its run measured (macro F1 and accuracy for
+    classification; RMSE and R^2 for regression), run id, creation time."""
     import pandas as pd
     from mlflow import MlflowClient
     setup_mlflow(cfg)
@@ -122,8 +143,11 @@ def model_versions(cfg: Config, model_name: str):
         rows.append({"version": int(mv.version),
                      "aliases": ", ".join(sorted(aliases.get(str(mv.version), []))),
                      "test_macro_f1": metrics.get("test_macro_f1"),
-                     "test_accuracy": metrics.get("test_accuracy"), "run_id": mv.run_id,
+                     "test_accuracy": metrics.get("test_accuracy"),
+                     "test_rmse": metrics.get("test_rmse"), "test_r2": metrics.get("test_r2"),
+                     "run_id": mv.run_id,
                      "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC")})
-    columns = ["version", "aliases", "test_macro_f1", "test_accuracy", "run_id", "created"]
+    columns = ["version", "aliases", "test_macro_f1", "test_accuracy", "test_rmse", "test_r2",
+               "run_id", "created"]
     return pd.DataFrame(rows, columns=columns).sort_values("version", ascending=False,
                                                           ignore_index=True)

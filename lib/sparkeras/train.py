@@ -36,13 +36,14 @@ class TrainingJob:
     model_name: str
     labels: list[str]
     data: Any                          # DataFrame: decoder columns, label (int), split
-    decoder: Any                       # feed.FeatureDecoder | feed.ImageDecoder
+    decoder: Any                       # feed.TabularDecoder | feed.ImageDecoder
     model_spec: dict                   # models.build_from_spec: built in strategy.scope()
     input_name: str
     params: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     shuffle_buffer: int = 65536
     misclassified_grid: int = 0        # > 0: log a PNG grid of that many test errors
+    task: str = "classification"       # classification | regression
 
 
 def train(spark, job: TrainingJob) -> dict:
@@ -58,7 +59,15 @@ def train(spark, job: TrainingJob) -> dict:
     log.info(f"writing the training cache for {job.table} to {cache_root}")
     try:
         # Several files per split, of near-equal rows: each barrier worker reads its share.
-        cache = feed.write_cache(job.data, cache_root, files=max(2, 2 * cfg.train.workers))
+        files = max(2, 2 * cfg.train.workers)
+        cache = feed.write_cache(job.data, cache_root, files=files)
+        total = sum(cache.rows.values())
+        if min(cache.rows.values()) == 0 and total >= 3:
+            # A handful of rows: hashing left a split empty; split them by rank instead.
+            log.info(f"{total} rows leave a split empty ({cache.rows}): splitting by the rank "
+                     f"of their hash bucket, at least one row each")
+            data = feed.split_by_rank(job.data, cfg.train.split.train, cfg.train.split.validation)
+            cache = feed.write_cache(data, cache_root, files=files)
         if min(cache.rows.values()) == 0:
             raise DataError(f"table {job.table} has too few labelled rows to split: {cache.rows}")
         log.info(f"rows per split: {cache.rows}")
@@ -97,6 +106,7 @@ def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache,
             "tensorflow": {"intra_op_threads": cfg.tensorflow.intra_op_threads,
                            "inter_op_threads": cfg.tensorflow.inter_op_threads},
             "precision": tcfg.precision, "fault": _fault(tcfg.checkpoint_dir, run_key),
+            "task": job.task,
             "petastorm": petastorm}
     return spec, chosen
 
@@ -156,6 +166,8 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
     import mlflow
     tcfg = cfg.train
     labels = job.labels
+    classification = job.task == "classification"
+    gate = tracking.MACRO_F1 if classification else tracking.RMSE
     run_key = f"{job.workload}-{uuid.uuid4().hex[:12]}"
     keras.config.disable_interactive_logging()   # no progress bars: we print our own lines
 
@@ -172,7 +184,7 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
               "workers": tcfg.workers, "precision": tcfg.precision, "feed": tcfg.feed,
               "shuffle_buffer": job.shuffle_buffer, "split_seed": tcfg.split.seed,
               "split": json.dumps([tcfg.split.train, tcfg.split.validation, tcfg.split.test]),
-              "classes": len(labels), **job.params,
+              "classes": len(labels), "task": job.task, **job.params,
               **{f"rows_{k}": v for k, v in cache.rows.items()}}
     with mlflow.start_run() as run:
         mlflow.log_params(params)
@@ -191,53 +203,87 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
                             "train_samples_per_second": steps * fit["global_batch"] * trained_epochs
                             / max(fit["train_seconds"], 1e-9)})
 
-        errors: list = []
-        test, cm = ev.evaluate_model(model, test_batches(), labels, errors, job.misclassified_grid)
-        mlflow.log_metrics({f"test_{k}": v for k, v in test.items() if k != "rows"})
-        mlflow.log_dict({"labels": list(labels), "matrix": cm.tolist(),
-                         "axis": "rows are true labels, columns are predictions"},
-                        "evaluation/confusion_matrix.json")
-        ev.log_figure(ev.plot_confusion(cm, labels), "evaluation/confusion_matrix.png")
-        ev.log_figure(ev.plot_history(history), "evaluation/training_curves.png")
-        if job.misclassified_grid:
-            ev.log_figure(ev.plot_misclassified(errors, labels), "evaluation/misclassified.png")
-        mlflow.log_dict({"labels": list(labels), **job.metadata}, "label_vocabulary.json")
-
+        test, cm = _evaluate_and_plot(job, model, test_batches, history)
         x_example, _ = next(feed.iter_batches(cache.files("test"), job.decoder, 3))
+        n_outputs = len(labels) if classification else 1
         with warnings.catch_warnings(), logs.python_stderr_to_log():
-            # MLflow predicts on the example with a bare array, and prints its own
-            # "Successfully registered" lines: ours below say the same.
+            # MLflow predicts on the example, and prints its own "Successfully registered"
+            # lines: ours below say the same.
             warnings.filterwarnings("ignore", message="The structure of `inputs`")
             info = mlflow.tensorflow.log_model(
                 model, name="model",
-                signature=tracking.tensor_signature(job.decoder.shape, len(labels),
-                                                    job.decoder.dtype, job.input_name),
-                input_example=x_example[:3], registered_model_name=job.model_name,
+                signature=tracking.tensor_signature(
+                    job.decoder.inputs, n_outputs,
+                    "probabilities" if classification else "prediction"),
+                input_example=feed.take(x_example, slice(0, 3)),
+                registered_model_name=job.model_name,
                 metadata={"workload": job.workload, "labels": list(labels),
-                          "test_macro_f1": test["macro_f1"], **job.metadata})
+                          f"test_{gate.key}": test[gate.key], **job.metadata})
         version = str(info.registered_model_version)
-        log.info(f"registered {job.model_name} version {version}: test accuracy "
-                  f"{test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}")
+        said = (f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}"
+                if classification else
+                f"test RMSE {test['rmse']:.4g}, MAE {test['mae']:.4g}, R^2 {test['r2']:.4f}")
+        log.info(f"registered {job.model_name} version {version}: {said}")
 
-        def champion_f1(champion_model) -> float:
-            return ev.evaluate_model(champion_model, test_batches(), labels)[0]["macro_f1"]
-        decision = tracking.champion_gate(cfg, job.model_name, version, test["macro_f1"],
-                                          champion_f1, {"labels": list(labels), **job.metadata})
+        def champion_score(champion_model) -> float:
+            return _test_metrics(job, champion_model, test_batches())[gate.key]
+        decision = tracking.champion_gate(cfg, job.model_name, version, test[gate.key],
+                                          champion_score, {"labels": list(labels),
+                                                           **job.metadata}, gate)
         mlflow.set_tags({"champion_decision": decision.reason,
                          "became_champion": str(decision.became_champion).lower()})
-        if decision.previous_macro_f1 is not None:
-            mlflow.log_metric("champion_test_macro_f1", decision.previous_macro_f1)
+        if decision.previous_score is not None:
+            mlflow.log_metric(f"champion_test_{gate.key}", decision.previous_score)
         log.info(decision.reason)
 
-    return {"run_id": run.info.run_id, "model_name": job.model_name, "model_version": version,
-            "became_champion": decision.became_champion, "champion_reason": decision.reason,
-            "epochs_run": epochs_run, "workers": tcfg.workers, "attempts": fit["attempts"],
-            "resumed_from_epoch": fit["resumed_from_epoch"],
-            "weights_digests": [w["weights_digest"] for w in fit["all_workers"]],
-            "rows": cache.rows, "labels": list(labels), "settings": chosen.summary(),
-            "test_metrics": {k: round(v, 6) if isinstance(v, float) else v
-                             for k, v in test.items()},
-            "test_confusion_matrix": cm.tolist()}
+    out = {"run_id": run.info.run_id, "model_name": job.model_name, "model_version": version,
+           "became_champion": decision.became_champion, "champion_reason": decision.reason,
+           "epochs_run": epochs_run, "workers": tcfg.workers, "attempts": fit["attempts"],
+           "resumed_from_epoch": fit["resumed_from_epoch"],
+           "weights_digests": [w["weights_digest"] for w in fit["all_workers"]],
+           "rows": cache.rows, "labels": list(labels), "task": job.task,
+           "settings": chosen.summary(),
+           "test_metrics": {k: round(v, 6) if isinstance(v, float) else v
+                            for k, v in test.items()}}
+    if classification:
+        out["test_confusion_matrix"] = cm.tolist()
+    return out
+
+
+def _test_metrics(job: TrainingJob, model, batches) -> dict:
+    """The test metrics of ``model`` for the job's task (the champion gate's too)."""
+    if job.task == "regression":
+        return ev.evaluate_regression(model, batches)[0]
+    return ev.evaluate_model(model, batches, job.labels)[0]
+
+
+def _evaluate_and_plot(job: TrainingJob, model, test_batches, history: dict):
+    """Evaluate on the test split and log metrics and plots to the active run: (metrics,
+    confusion matrix or None)."""
+    import mlflow
+    labels = job.labels
+    if job.task == "regression":
+        test, y, pred = ev.evaluate_regression(model, test_batches())
+        mlflow.log_metrics({f"test_{k}": v for k, v in test.items() if k != "rows"})
+        target = json.loads(job.metadata["schema"])["target"]["column"]
+        ev.log_figure(ev.plot_predicted_vs_actual(y, pred, target),
+                      "evaluation/predicted_vs_actual.png")
+        ev.log_figure(ev.plot_residuals(y, pred, target), "evaluation/residuals.png")
+        ev.log_figure(ev.plot_history(history), "evaluation/training_curves.png")
+        mlflow.log_dict(job.metadata, "model_inputs.json")
+        return test, None
+    errors: list = []
+    test, cm = ev.evaluate_model(model, test_batches(), labels, errors, job.misclassified_grid)
+    mlflow.log_metrics({f"test_{k}": v for k, v in test.items() if k != "rows"})
+    mlflow.log_dict({"labels": list(labels), "matrix": cm.tolist(),
+                     "axis": "rows are true labels, columns are predictions"},
+                    "evaluation/confusion_matrix.json")
+    ev.log_figure(ev.plot_confusion(cm, labels), "evaluation/confusion_matrix.png")
+    ev.log_figure(ev.plot_history(history), "evaluation/training_curves.png")
+    if job.misclassified_grid:
+        ev.log_figure(ev.plot_misclassified(errors, labels), "evaluation/misclassified.png")
+    mlflow.log_dict({"labels": list(labels), **job.metadata}, "label_vocabulary.json")
+    return test, cm
 
 
 def train_incidents(spark, cfg: Config, table: str) -> dict:
@@ -250,3 +296,10 @@ def train_images(spark, cfg: Config, table: str) -> dict:
     """Train an image classifier on the labelled rows of ``table``; log, register, gate."""
     from .workloads import images
     return train(spark, images.training_job(spark, cfg, table))
+
+
+def train_tabular(spark, cfg: Config, schema, table: str) -> dict:
+    """Train a model for ``schema`` (classification or regression) on the rows of ``table``
+    whose target is known; log, register, gate."""
+    from .workloads import tabular
+    return train(spark, tabular.training_job(spark, cfg, schema, table))

@@ -1,9 +1,12 @@
-"""Classification metrics from a confusion matrix, and the plots logged with each run."""
+"""Test metrics (classification: from a confusion matrix; regression: MAE, RMSE, R^2) and
+the plots logged with each run."""
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from .feed import model_input
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -39,17 +42,46 @@ def evaluate_model(model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
                    max_errors: int = 0) -> tuple[dict, np.ndarray]:
     """Stream batches through ``model``; return (metrics, confusion matrix).
 
-    With ``errors`` given, the first ``max_errors`` misclassified inputs are appended to
-    it as (input, true index, predicted index, confidence)."""
+    With ``errors`` given, the first ``max_errors`` misclassified inputs (of the model's
+    first input: the image) are appended to it as (input, true index, predicted index,
+    confidence)."""
     cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
     for x, y in batches:
-        probs = np.asarray(model.predict_on_batch(x))
+        probs = np.asarray(model.predict_on_batch(model_input(x)))
         pred = probs.argmax(axis=1)
         cm += confusion_matrix(y, pred, len(labels))
         if errors is not None and len(errors) < max_errors:
+            first = next(iter(x.values()))
             for i in np.flatnonzero(pred != y)[:max_errors - len(errors)]:
-                errors.append((np.array(x[i]), int(y[i]), int(pred[i]), float(probs[i, pred[i]])))
+                errors.append((np.array(first[i]), int(y[i]), int(pred[i]),
+                               float(probs[i, pred[i]])))
     return metrics_from_confusion(cm, labels), cm
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+    """Mean absolute error, root mean squared error and R^2 (0 for a constant target)."""
+    y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+    n = len(y)
+    if n == 0:
+        return {"mae": 0.0, "rmse": 0.0, "r2": 0.0, "rows": 0}
+    error = pred - y
+    total = float(np.square(y - y.mean()).sum())
+    return {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt(np.square(error).mean())),
+            "r2": float(1 - np.square(error).sum() / total) if total > 0 else 0.0, "rows": n}
+
+
+def evaluate_regression(model, batches: Iterable[tuple[dict, np.ndarray]],
+                        keep: int = 5000) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Stream batches through a regression ``model``; return (metrics, the first ``keep``
+    true values, their predictions) - the pairs are for the plots."""
+    ys, preds = [], []
+    for x, y in batches:
+        ys.append(np.asarray(y, np.float64))
+        preds.append(np.asarray(model.predict_on_batch(model_input(x)), np.float64)
+                     .reshape(len(y), -1)[:, 0])
+    y = np.concatenate(ys) if ys else np.empty(0)
+    pred = np.concatenate(preds) if preds else np.empty(0)
+    return regression_metrics(y, pred), y[:keep], pred[:keep]
 
 
 def log_figure(fig, artifact_file: str) -> None:
@@ -106,12 +138,46 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str]):
     return fig
 
 
+def plot_predicted_vs_actual(y: np.ndarray, pred: np.ndarray, target: str):
+    """Test predictions against the true values, with the line of perfect predictions."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(y, pred, s=8, alpha=0.5)
+    lo = float(min(y.min(), pred.min())) if len(y) else 0.0
+    hi = float(max(y.max(), pred.max())) if len(y) else 1.0
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="perfect")
+    ax.set_xlabel(f"actual {target}")
+    ax.set_ylabel(f"predicted {target}")
+    ax.set_title("Test split: predicted vs actual")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_residuals(y: np.ndarray, pred: np.ndarray, target: str):
+    """Residuals (predicted - actual) against the predictions: a shapeless band is good."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(pred, pred - y, s=8, alpha=0.5)
+    ax.axhline(0, color="black", linewidth=1)
+    ax.set_xlabel(f"predicted {target}")
+    ax.set_ylabel("residual (predicted - actual)")
+    ax.set_title("Test split: residuals")
+    fig.tight_layout()
+    return fig
+
+
 def plot_history(history: dict[str, list[float]]):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    metric_name = "accuracy" if "accuracy" in history else "mae"
+    for ax, metric in zip(axes, ("loss", metric_name)):
         for prefix in ("", "val_"):
             values = history.get(prefix + metric)
             if values:

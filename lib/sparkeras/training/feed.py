@@ -5,8 +5,8 @@ Parquet cache of the model inputs and an int label index, one folder per split
 (:func:`write_cache`). Each training worker then streams its share of those files in batches
 with pyarrow (:func:`fixed_steps`, :func:`iter_batches`), shuffling with a bounded buffer;
 memory stays bounded whatever the table size. A *decoder* turns an Arrow record batch into
-the model's input array (:class:`FeatureDecoder` for numeric columns, :class:`ImageDecoder`
-for raw image bytes).
+the model's inputs, a dict named as the model's inputs (:class:`TabularDecoder` for number,
+binary and category columns, :class:`ImageDecoder` for raw image bytes).
 The cache folder must be on storage the training process can read (a local disk here, a
 Volume on Databricks).
 """
@@ -54,6 +54,25 @@ def assign_split(df, id_col: str, train: float, validation: float, seed: int,
     return df.withColumn("split", split)
 
 
+def split_by_rank(df, train: float, validation: float):
+    """Re-split a table too small for the hash thresholds (a split came out empty) by the
+    rank of each row's hash bucket: the highest buckets are test, the next validation, as
+    the thresholds would have it, with at least one row in each. Deterministic: the same rows
+    give the same split. ``df`` has :data:`BUCKET`."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    n = df.count()
+    n_test = max(1, round(n * (1 - train - validation)))
+    n_val = max(1, round(n * validation))
+    order = [F.col(BUCKET)] + [F.col(c).cast("string") for c in df.columns
+                               if c not in (BUCKET, "split")]
+    rank = F.row_number().over(Window.orderBy(*order)) - 1
+    ranked = df.withColumn("_rank", rank)
+    split = (F.when(F.col("_rank") >= n - n_test, "test")
+             .when(F.col("_rank") >= n - n_test - n_val, "validation").otherwise("train"))
+    return ranked.withColumn("split", split).drop("_rank")
+
+
 @dataclass
 class Cache:
     """Paths and row counts of a written training cache."""
@@ -83,50 +102,99 @@ def write_cache(data, root: str, files: Optional[int] = None) -> Cache:
     return Cache(root, {s: int(counts.get(s, 0)) for s in SPLITS})
 
 
-class FeatureDecoder:
-    """Numeric columns -> ``float32[n, len(columns)]``."""
+FEATURES = "features"          # the model input of the number and binary columns
 
-    def __init__(self, columns: Sequence[str]):
-        self.columns = list(columns)
-        self.shape = (len(self.columns),)
-        self.dtype = "float32"
-        self.row_bytes = 4 * len(self.columns)
-        self.spec = {"kind": "features", "columns": self.columns}
 
-    def __call__(self, rb) -> np.ndarray:
-        return np.stack([rb.column(c).to_numpy(zero_copy_only=False) for c in self.columns],
-                        axis=1).astype(np.float32, copy=False)
+class TabularDecoder:
+    """Number and binary columns -> ``float32[n, k]`` (the model input ``features``);
+    category columns -> ``string[n, 1]`` each (a model input named after the column).
+    Labels are ``label_dtype``: class indices (int32) or targets (float32)."""
 
-    def tf_batch(self, batch):
+    def __init__(self, numeric: Sequence[str], categorical: Sequence[str] = (),
+                 label_dtype: str = "int32"):
+        self.numeric, self.categorical = list(numeric), list(categorical)
+        self.columns = [*self.numeric, *self.categorical]
+        self.inputs: dict[str, tuple] = {}
+        if self.numeric:
+            self.inputs[FEATURES] = ((len(self.numeric),), "float32")
+        for c in self.categorical:
+            self.inputs[c] = ((1,), "string")
+        self.label_dtype = label_dtype
+        self.row_bytes = 4 * len(self.numeric) + 16 * len(self.categorical)
+        self.spec = {"kind": "tabular", "numeric": self.numeric,
+                     "categorical": self.categorical, "label_dtype": label_dtype}
+
+    def __call__(self, rb) -> dict:
+        x = {}
+        if self.numeric:
+            x[FEATURES] = np.stack([rb.column(c).to_numpy(zero_copy_only=False)
+                                    for c in self.numeric], axis=1).astype(np.float32, copy=False)
+        for c in self.categorical:
+            x[c] = np.asarray(rb.column(c).to_pylist(), dtype=object).reshape(-1, 1)
+        return x
+
+    def tf_batch(self, batch) -> dict:
         """The same, in TensorFlow, from a batch with one tensor per column (petastorm)."""
         import tensorflow as tf
-        return tf.stack([tf.cast(getattr(batch, c), tf.float32) for c in self.columns], axis=1)
+        x = {}
+        if self.numeric:
+            x[FEATURES] = tf.stack([tf.cast(getattr(batch, c), tf.float32)
+                                    for c in self.numeric], axis=1)
+        for c in self.categorical:
+            x[c] = tf.reshape(tf.strings.as_string(getattr(batch, c))
+                              if getattr(batch, c).dtype != tf.string else getattr(batch, c),
+                              (-1, 1))
+        return x
 
 
 class ImageDecoder:
-    """A binary column of raw HWC bytes -> ``uint8[n, h, w, c]`` (zero-copy when it can)."""
+    """A binary column of raw HWC bytes -> ``uint8[n, h, w, c]`` (the model input ``image``;
+    zero-copy when it can). Labels are class indices."""
 
     def __init__(self, shape: Sequence[int], column: str = "image"):
         self.columns = [column]
         self.shape = tuple(int(v) for v in shape)
-        self.dtype = "uint8"
+        self.inputs = {"image": (self.shape, "uint8")}
+        self.label_dtype = "int32"
         self.row_bytes = int(np.prod(self.shape))
         self.spec = {"kind": "image", "shape": list(self.shape), "column": column}
 
-    def __call__(self, rb) -> np.ndarray:
-        return binary_to_images(rb.column(self.columns[0]), self.shape)
+    def __call__(self, rb) -> dict:
+        return {"image": binary_to_images(rb.column(self.columns[0]), self.shape)}
 
-    def tf_batch(self, batch):
+    def tf_batch(self, batch) -> dict:
         """The same, in TensorFlow, from a batch of byte strings (petastorm)."""
         import tensorflow as tf
         raw = tf.io.decode_raw(getattr(batch, self.columns[0]), tf.uint8)
-        return tf.reshape(raw, (-1, *self.shape))
+        return {"image": tf.reshape(raw, (-1, *self.shape))}
 
 
 def decoder_from_spec(spec: dict):
-    if spec["kind"] == "features":
-        return FeatureDecoder(spec["columns"])
+    if spec["kind"] == "tabular":
+        return TabularDecoder(spec["numeric"], spec.get("categorical", ()),
+                              spec.get("label_dtype", "int32"))
     return ImageDecoder(spec["shape"], spec.get("column", "image"))
+
+
+def empty_inputs(decoder) -> dict:
+    """A batch of no rows of ``decoder``'s inputs."""
+    return {name: np.empty((0, *shape), object if dtype == "string" else dtype)
+            for name, (shape, dtype) in decoder.inputs.items()}
+
+
+def model_input(x: dict):
+    """What a Keras model takes: the one array of a single-input model (Keras warns when
+    such a model is given a dict), else the dict of named inputs."""
+    return next(iter(x.values())) if len(x) == 1 else x
+
+
+def concat(parts: Sequence[dict]) -> dict:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def take(x: dict, index) -> dict:
+    """Rows ``index`` (a slice, or positions) of every input of a batch."""
+    return {k: v[index] for k, v in x.items()}
 
 
 def parquet_rows(files: Sequence[str]) -> list[int]:
@@ -141,7 +209,7 @@ def shard(files: Sequence[str], index: int, count: int) -> list[str]:
 
 
 def fixed_steps(files: Sequence[str], decoder, batch_size: int, steps: int,
-                shuffle_buffer: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                shuffle_buffer: int, seed: int) -> Iterator[tuple[dict, np.ndarray]]:
     """Exactly ``steps`` full batches from ``files``, cycling through them (with a new
     shuffle each pass) if they hold fewer rows: every worker runs the same steps."""
     produced, cycle = 0, 0
@@ -177,8 +245,9 @@ def binary_to_images(arr, shape: Sequence[int]) -> np.ndarray:
 
 
 def iter_batches(files: Sequence[str], decoder, batch_size: int, shuffle_buffer: int = 0,
-                 seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (x, y int32[b]) batches from Parquet files, file by file.
+                 seed: int = 0) -> Iterator[tuple[dict, np.ndarray]]:
+    """Yield (inputs, labels) batches from Parquet files, file by file: inputs is a dict of
+    arrays named as the model's inputs (see the decoders).
 
     With ``shuffle_buffer`` > 0 the file order is permuted and rows are shuffled within a
     buffer of that many rows; with 0 the order is the files' (deterministic evaluation).
@@ -186,22 +255,23 @@ def iter_batches(files: Sequence[str], decoder, batch_size: int, shuffle_buffer:
     import pyarrow.parquet as pq
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(files)) if shuffle_buffer else np.arange(len(files))
-    xs: list[np.ndarray] = []
+    xs: list[dict] = []
     ys: list[np.ndarray] = []
     held = 0
+    label_dtype = np.dtype(decoder.label_dtype)
 
     def drain(final: bool):
         nonlocal xs, ys, held
-        x = np.concatenate(xs) if xs else np.empty((0, *decoder.shape), decoder.dtype)
-        y = np.concatenate(ys) if ys else np.empty((0,), np.int32)
+        x = concat(xs) if xs else empty_inputs(decoder)
+        y = np.concatenate(ys) if ys else np.empty((0,), label_dtype)
         if shuffle_buffer:
             p = rng.permutation(len(y))
-            x, y = x[p], y[p]
+            x, y = take(x, p), y[p]
         n_full = len(y) // batch_size * batch_size
         stop = len(y) if final else n_full
         for i in range(0, stop, batch_size):
-            yield x[i:i + batch_size], y[i:i + batch_size]
-        xs, ys = ([x[n_full:]], [y[n_full:]]) if not final else ([], [])
+            yield take(x, slice(i, i + batch_size)), y[i:i + batch_size]
+        xs, ys = ([take(x, slice(n_full, None))], [y[n_full:]]) if not final else ([], [])
         held = len(y) - n_full if not final else 0
 
     read_rows = max(batch_size, min(8192, (64 << 20) // max(decoder.row_bytes, 1)))
@@ -209,7 +279,7 @@ def iter_batches(files: Sequence[str], decoder, batch_size: int, shuffle_buffer:
         pf = pq.ParquetFile(files[i])
         for rb in pf.iter_batches(batch_size=read_rows, columns=[*decoder.columns, "label"]):
             xs.append(decoder(rb))
-            ys.append(rb.column("label").to_numpy(zero_copy_only=False).astype(np.int32))
+            ys.append(rb.column("label").to_numpy(zero_copy_only=False).astype(label_dtype))
             held += rb.num_rows
             if held >= max(shuffle_buffer, batch_size):
                 yield from drain(final=False)

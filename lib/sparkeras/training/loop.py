@@ -36,6 +36,7 @@ class LoopSettings:
     patience: int
     checkpoint_dir: Optional[str] = None
     is_chief: bool = True
+    task: str = "classification"        # classification (cross-entropy) | regression (MSE)
 
 
 @dataclass
@@ -79,10 +80,14 @@ def _load_arrays(path: Path, model, optimizer_too: bool = True) -> None:
             var.assign(value)
 
 
+METRIC = {"classification": "accuracy", "regression": "mae"}
+
+
 def epoch_line(epoch: int, epochs: int, logs: dict) -> str:
     """The progress line of a finished epoch (0-based ``epoch``)."""
-    line = (f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} "
-            f"val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f}")
+    name, short = ("accuracy", "acc") if "accuracy" in logs else ("mae", "mae")
+    line = (f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} {short} {logs[name]:.4f} "
+            f"val_loss {logs['val_loss']:.4f} val_{short} {logs['val_' + name]:.4f}")
     return line + (f" ({logs['seconds']:.1f}s)" if "seconds" in logs else "")
 
 
@@ -102,16 +107,21 @@ def train(strategy, model, make_dataset: Callable, val_batches: Callable[[], Ite
 
     ``make_dataset(input_context, epoch)`` returns this input pipeline's ``tf.data`` of
     (x, y) batches of the per-replica batch size, at least ``steps_per_epoch`` of them;
-    ``val_batches()`` yields the validation split as numpy (x, y) batches.
+    ``val_batches()`` yields the validation split as numpy (x, y) batches. x is a dict of
+    the model's named inputs. Classification minimises cross-entropy and reports accuracy;
+    regression minimises the mean squared error and reports the mean absolute error.
     """
     import keras
     import tensorflow as tf
 
     optimizer = model.optimizer
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
     s = settings
+    regression = s.task == "regression"
+    metric = METRIC[s.task]
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(reduction=None)
     ckpt = Path(s.checkpoint_dir) if s.checkpoint_dir else None
-    result = LoopResult(history={k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
+    keys = ("loss", metric, "val_loss", "val_" + metric)
+    result = LoopResult(history={k: [] for k in keys})
     best_loss, wait, start = float("inf"), 0, 0
     with strategy.scope():
         optimizer.build(model.trainable_variables)
@@ -127,30 +137,36 @@ def train(strategy, model, make_dataset: Callable, val_batches: Callable[[], Ite
 
     def replica_step(x, y):
         with tf.GradientTape() as tape:
-            probs = model(x, training=True)
-            per_example = loss_fn(y, probs)
+            out = model(x if len(x) > 1 else next(iter(x.values())), training=True)
+            if regression:
+                error = tf.cast(out[:, 0], tf.float32) - tf.cast(y, tf.float32)
+                per_example = tf.square(error)
+            else:
+                per_example = cross_entropy(y, out)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=s.global_batch)
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
+        if regression:         # summed absolute errors: the mean absolute error, over steps
+            return loss, tf.reduce_sum(tf.abs(error))
+        predicted = tf.argmax(out, axis=1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(y, tf.int32)), tf.float32))
         return loss, correct
 
     @tf.function
     def train_steps(iterator, steps):
         loss_sum = tf.constant(0.0)
-        correct_sum = tf.constant(0.0)
+        metric_sum = tf.constant(0.0)
         for _ in tf.range(steps):
             x, y = next(iterator)
-            loss, correct = strategy.run(replica_step, args=(x, y))
+            loss, metric_part = strategy.run(replica_step, args=(x, y))
             loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-            correct_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
-        return loss_sum, correct_sum
+            metric_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, metric_part, axis=None)
+        return loss_sum, metric_sum
 
     @tf.function
     def predict(x):
-        return model(x, training=False)
+        return model(x if len(x) > 1 else next(iter(x.values())), training=False)
 
     @tf.function
     def agree(value):
@@ -166,21 +182,26 @@ def train(strategy, model, make_dataset: Callable, val_batches: Callable[[], Ite
         started = time.time()
         dist = strategy.distribute_datasets_from_function(
             lambda ctx, e=epoch: make_dataset(ctx, e))
-        loss_sum, correct_sum = train_steps(iter(dist), tf.constant(s.steps_per_epoch))
+        loss_sum, metric_sum = train_steps(iter(dist), tf.constant(s.steps_per_epoch))
         train_loss = float(loss_sum) / s.steps_per_epoch
-        train_acc = float(correct_sum) / (s.steps_per_epoch * s.global_batch)
-        val_loss_sum, val_correct, val_n = 0.0, 0, 0
+        train_metric = float(metric_sum) / (s.steps_per_epoch * s.global_batch)
+        val_loss_sum, val_metric_sum, val_n = 0.0, 0.0, 0
         for x, y in val_batches():
-            probs = predict(tf.constant(x)).numpy()
-            p = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
-            val_loss_sum += float(-np.log(p).sum())
-            val_correct += int((probs.argmax(axis=1) == y).sum())
+            out = predict({k: tf.constant(v) for k, v in x.items()}).numpy()
+            if regression:
+                error = out[:, 0].astype(np.float64) - y
+                val_loss_sum += float(np.square(error).sum())
+                val_metric_sum += float(np.abs(error).sum())
+            else:
+                p = np.clip(out[np.arange(len(y)), y], 1e-7, 1.0)
+                val_loss_sum += float(-np.log(p).sum())
+                val_metric_sum += int((out.argmax(axis=1) == y).sum())
             val_n += len(y)
         val_loss = float(agree(tf.constant(val_loss_sum / max(val_n, 1), tf.float32)))
-        val_acc = float(agree(tf.constant(val_correct / max(val_n, 1), tf.float32)))
-        logs = {"loss": train_loss, "accuracy": train_acc, "val_loss": val_loss,
-                "val_accuracy": val_acc, "seconds": time.time() - started}
-        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        val_metric = float(agree(tf.constant(val_metric_sum / max(val_n, 1), tf.float32)))
+        logs = {"loss": train_loss, metric: train_metric, "val_loss": val_loss,
+                "val_" + metric: val_metric, "seconds": time.time() - started}
+        for k in keys:
             result.history[k].append(logs[k])
         improved = val_loss < best_loss
         if improved:

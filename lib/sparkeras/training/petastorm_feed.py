@@ -63,5 +63,6 @@ def open_dataset(spec: dict, decoder, batch_size: int, shard: int, shards: int, 
         ds = stack.enter_context(converter.make_tf_dataset(
             batch_size=batch_size, num_epochs=None, workers_count=2, cur_shard=shard,
             shard_count=shards, shuffling_queue_capacity=shuffle_rows, seed=seed))
-    return ds.map(lambda b: (decoder.tf_batch(b), tf.cast(b.label, tf.int32)),
+    label_dtype = tf.as_dtype(decoder.label_dtype)
+    return ds.map(lambda b: (decoder.tf_batch(b), tf.cast(b.label, label_dtype)),
                   num_parallel_calls=tf.data.AUTOTUNE)

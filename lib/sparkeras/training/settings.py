@@ -9,7 +9,10 @@ Every one of ``train.batch_size``, ``train.epochs``, ``train.patience`` and
   that still gives an epoch at least :data:`MIN_STEPS` steps, between :data:`MIN_BATCH` and
   :data:`MAX_BATCH`; never more rows than the smallest worker's share. It is chosen from all
   training rows, so N workers run the same global batch and steps as one.
-- **epochs**: enough for at least :data:`TARGET_STEPS` optimizer steps, between
+- **epochs**: an epoch has at least :data:`MIN_EPOCH_STEPS` steps: a set too small for that
+  (a few dozen rows) is cycled within the epoch, each pass freshly shuffled, so early
+  stopping judges progress over enough updates. Then enough epochs for at least
+  :data:`TARGET_STEPS` optimizer steps, between
   :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`, and more than 10 only while the whole run stays
   under :data:`MAX_EXTRA_SAMPLES` training samples: small sets get the passes they need,
   sets of 20,000 rows or more keep the 10 epochs they always had. Early stopping on
@@ -33,6 +36,7 @@ MIN_STEPS = 50
 MIN_BATCH = 32
 MAX_BATCH = 1024
 TARGET_STEPS = 1000
+MIN_EPOCH_STEPS = 25
 MIN_EPOCHS = 10
 MAX_EPOCHS = 100
 MAX_EXTRA_SAMPLES = 200_000
@@ -94,7 +98,7 @@ def resolve(batch_size: Union[int, str], epochs: Union[int, str], patience: Unio
         per_worker = max(replicas, per_worker // replicas * replicas)   # whole per device
         global_batch = per_worker * workers
         steps = smallest // per_worker
-        why["batch_size"] = f"auto: {rows}{on}, {steps} steps per epoch"
+        why["batch_size"] = f"auto: {rows}{on}, {_plural(steps, 'step')} per pass"
     else:
         per_worker = int(batch_size) // workers
         if per_worker < 1:
@@ -112,11 +116,14 @@ def resolve(batch_size: Union[int, str], epochs: Union[int, str], patience: Unio
                              f"train.batch_size at auto)")
         why["batch_size"] = "set"
     if epochs == AUTO:
+        passes = math.ceil(MIN_EPOCH_STEPS / steps) if steps < MIN_EPOCH_STEPS else 1
+        steps *= passes
         wanted = min(max(math.ceil(TARGET_STEPS / steps), MIN_EPOCHS), MAX_EPOCHS)
         affordable = max(MIN_EPOCHS, MAX_EXTRA_SAMPLES // max(total, 1))
         n_epochs = min(wanted, affordable)
-        why["epochs"] = (f"auto: at most {n_epochs} of {steps} steps; early stopping decides"
-                         if n_epochs > MIN_EPOCHS else
+        cycled = f" ({passes} passes over the rows each)" if passes > 1 else ""
+        why["epochs"] = (f"auto: at most {n_epochs} of {steps} steps{cycled}; early stopping "
+                         f"decides" if n_epochs > MIN_EPOCHS or cycled else
                          f"auto: at most {n_epochs}; early stopping decides")
     else:
         n_epochs = int(epochs)

@@ -75,8 +75,9 @@ def run(spec: dict, strategy, rank: int, n_workers: int):
         def gen():
             yield from feed.fixed_steps(files, decoder, batch, steps, spec["shuffle_buffer"], seed)
         return tf.data.Dataset.from_generator(gen, output_signature=(
-            tf.TensorSpec((batch, *decoder.shape), decoder.dtype),
-            tf.TensorSpec((batch,), tf.int32))).prefetch(2)
+            {name: tf.TensorSpec((batch, *shape), tf.string if dtype == "string" else dtype)
+             for name, (shape, dtype) in decoder.inputs.items()},
+            tf.TensorSpec((batch,), decoder.label_dtype))).prefetch(2)
 
     def val_batches():
         return feed.iter_batches(val_files, decoder, max(per_replica, 256))
@@ -98,7 +99,8 @@ def run(spec: dict, strategy, rank: int, n_workers: int):
             log.info(loop.epoch_line(epoch, spec["epochs"], logs))
 
     settings = loop.LoopSettings(spec["epochs"], spec["steps_per_epoch"], spec["global_batch"],
-                                 spec["patience"], spec.get("checkpoint_dir"), rank == 0)
+                                 spec["patience"], spec.get("checkpoint_dir"), rank == 0,
+                                 spec.get("task", "classification"))
     with readers:
         result = loop.train(strategy, model, make_dataset, val_batches, settings, on_epoch_end,
                             before_epoch)

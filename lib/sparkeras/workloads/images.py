@@ -248,7 +248,7 @@ def image_predict_udf(model, with_dims: bool = True, chunk_rows: int = 128):
 
     @pandas_udf(schema)
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        forward = keras_forward(model, shape, "uint8")
+        forward = keras_forward(model, {"image": (shape, "uint8")})
         for pdf in batches:
             dims = (pdf["height"], pdf["width"], pdf["channels"]) if with_dims else (None,) * 3
             x, positions, reasons = images_to_array(pdf["image"], *dims, shape)
@@ -304,7 +304,8 @@ def scoring_job(cfg, model):
     from ..scoring import ScoringJob, check_workload
     check_workload(model, NAME)
     k = min(TOP_K, len(model.labels))
-    problems = (F.when(F.col(ID).isNull(), F.lit(f"missing {ID}"))
+    def problems(df):
+        return (F.when(F.col(ID).isNull(), F.lit(f"missing {ID}"))
                  .when(F.col("image").isNull(), F.lit("missing image")))
     return ScoringJob(
         workload=NAME, model=model, key=ID, required_columns=[ID, "image"],

@@ -1,19 +1,20 @@
-"""The incident workload: schema, synthetic generator, validation, and its part in the
-three stages (:func:`ingest_job`, :func:`training_job`, :func:`scoring_job`).
+"""The incident workload: the tabular workload with a preset schema (:data:`SCHEMA`: seven
+0/1 signals and, when diagnosed, one of three root causes), plus a synthetic generator whose
+best achievable accuracy is known exactly (docs/incidents.md).
 
-One row per data-centre incident: seven 0/1 signals and, when diagnosed, a root cause.
-Everything here is a pure DataFrame transform, except :func:`read_raw` (reads files) and
-:func:`generate` (builds a DataFrame from ``spark.range``); the stages do the writing.
+Its part in the three stages (:func:`ingest_job`, :func:`training_job`, :func:`scoring_job`)
+is the tabular workload's (:mod:`.tabular`) with that schema; the tables, model name and
+output columns are those the incident pipeline always had.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
-import pandas as pd
 
 from ..errors import UsageError
+from ..schema import Feature, TableSchema, Target
 
 NAME = "incidents"
 ID = "ID"
@@ -22,9 +23,7 @@ FEATURES = ["CPU_LOAD", "MEMORY_LEAK_LOAD", "DELAY",
             "ERROR_1000", "ERROR_1001", "ERROR_1002", "ERROR_1003"]
 LABELS = ["MEMORY_LEAK", "NETWORK_DELAY", "DATABASE_ISSUE"]
 COLUMNS = [ID] + FEATURES + [LABEL]
-REQUIRED = [ID] + FEATURES            # ROOT_CAUSE may be absent: not yet diagnosed
 FORMATS = ("csv", "parquet", "json")
-INT32_MAX = 2**31 - 1
 
 # ----------------------------------------------------------------------------- generator
 # The synthetic rule: the root cause is drawn uniformly, then each signal fires
@@ -92,179 +91,38 @@ def write_generated(spark, rows: int, out: str, fmt: str = "csv", seed: int = 7,
     return {"rows": rows, "out": out, "format": fmt, "seed": seed, "labeled": labeled}
 
 
-# -------------------------------------------------------------------------------- reading
-def read_raw(spark, files, fmt: str):
-    """Every record of the source behind ``files`` (a :class:`~sparkeras.sources.SourceFiles`)
-    as strings + ``raw``, ``source_file``, ``_parse_error`` (see :mod:`sparkeras.readers`)."""
-    from .. import readers
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown incident format {fmt!r}; expected one of {list(FORMATS)}")
-    return readers.read(spark, files, fmt, COLUMNS, REQUIRED, ID)
-
-
-# ----------------------------------------------------------------------------- validation
-def _quoted(c):
-    from pyspark.sql import functions as F
-    return F.concat(F.lit("'"), c, F.lit("'"))
-
-
-def validate(raw):
-    """Add ``reason`` (null for a valid row) and the typed key ``_key`` to :func:`read_raw`
-    output.
-
-    Reasons, joined with "; " when a row has several: missing/empty field, ID not a 32-bit
-    integer, flag not exactly 0 or 1, unknown root cause, duplicate ID within the input.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    def empty(c):
-        return F.when(F.col(c).isNull(), F.lit(f"missing field {c}")) \
-                .when(F.col(c) == "", F.lit(f"empty field {c}"))
-
-    # CASE WHEN guards every cast: under ANSI mode (Spark 4) a bad cast raises.
-    id_long = F.when(F.col(ID).rlike(r"^[+-]?[0-9]{1,10}$"), F.col(ID).cast("long"))
-    id_ok = F.coalesce(F.abs(id_long) <= INT32_MAX, F.lit(False))
-    checks = [F.coalesce(empty(ID), F.when(~id_ok, F.concat(F.lit("ID is not an integer: "),
-                                                          _quoted(F.col(ID)))))]
-    for c in FEATURES:
-        checks.append(F.coalesce(empty(c), F.when(~F.col(c).isin("0", "1"), F.concat(
-            F.lit(f"{c} must be 0 or 1, got "), _quoted(F.col(c))))))
-    checks.append(F.when((F.col(LABEL) != "") & ~F.col(LABEL).isin(*LABELS),
-                         F.concat(F.lit("unknown root cause "), _quoted(F.col(LABEL)))))
-    field_reason = F.concat_ws("; ", *checks)
-    reason = F.coalesce(F.col("_parse_error"), F.when(field_reason != "", field_reason))
-
-    df = raw.select("*", reason.alias("reason"), F.when(id_ok, F.col(ID).cast("int")).alias("_key"))
-    dup_count = F.count(F.lit(1)).over(Window.partitionBy("_key"))
-    df = df.withColumn("_dups", F.when(F.col("reason").isNull(), dup_count))
-    df = df.withColumn("reason", F.when(
-        F.col("_dups") > 1,
-        F.format_string("duplicate ID %d: %d rows with this ID in the input", F.col("_key"),
-                        F.col("_dups"))).otherwise(F.col("reason")))
-    return df.drop("_dups")
-
-
-def valid_columns():
-    """Typed output columns for valid rows of :func:`validate` output (table schema order)."""
-    from pyspark.sql import functions as F
-    return ([F.col("_key").alias(ID)]
-            + [F.col(c).cast("int").alias(c) for c in FEATURES]
-            + [F.when(F.col(LABEL) != "", F.col(LABEL)).alias(LABEL), F.col("source_file")])
-
-
 # ---------------------------------------------------------------------------- the stages
+# The incident workload is the tabular workload with this schema (conf/schemas/incidents.yml
+# declares the same; a test keeps them equal).
+SCHEMA = TableSchema(
+    name=NAME, id=ID, id_type="int", features=tuple(Feature(c, "binary") for c in FEATURES),
+    target=Target(LABEL, "classification", tuple(LABELS), "root cause"),
+    model="incident_root_cause", count_column="incidents")
+
+
 def ingest_job(cfg, fmt: str = "csv"):
     """The incident workload's part in the ingest stage: read ``fmt`` files, validate."""
-    from pyspark.sql import functions as F
-
-    from ..ingest import IngestJob
+    from . import tabular
     if fmt not in FORMATS:
         raise UsageError(f"unknown incident format {fmt!r}; expected one of {list(FORMATS)}")
-    return IngestJob(
-        workload=NAME, key=ID, table_format=cfg.tables.format,
-        read=lambda spark, files: validate(read_raw(spark, files, fmt)),
-        valid_columns=valid_columns(),
-        quarantine_columns=[F.col("raw").alias("raw_record"), "reason", "source_file"])
+    return tabular.ingest_job(cfg, SCHEMA, fmt, workload=NAME)
 
 
 def training_job(spark, cfg, table: str):
     """The incident workload's part in the training stage: the root-cause MLP on the
-    labelled rows of ``table``."""
-    import json
-
-    from pyspark.sql import functions as F
-
-    from ..columns import index_of
-    from ..train import TrainingJob
-    from ..training import feed
-    tcfg = cfg.train
-    df = spark.table(table).where(F.col(LABEL).isin(*LABELS))
-    data = (feed.assign_split(df, ID, tcfg.split.train, tcfg.split.validation, tcfg.split.seed)
-            .select(*[F.col(c).cast("float").alias(c) for c in FEATURES],
-                    index_of(LABELS, F.col(LABEL)).cast("int").alias("label"), "split",
-                    feed.BUCKET))
-    return TrainingJob(
-        cfg=cfg, workload=NAME, table=table, model_name=cfg.registry.incident_model,
-        labels=list(LABELS), data=data, decoder=feed.FeatureDecoder(FEATURES),
-        model_spec={"kind": "mlp", "n_features": len(FEATURES), "n_classes": len(LABELS),
-                    "hidden_units": list(tcfg.hidden_units), "seed": tcfg.seed},
-        input_name="features", params={"hidden_units": json.dumps(tcfg.hidden_units)},
-        metadata={"features": list(FEATURES)}, shuffle_buffer=tcfg.shuffle_buffer)
-
-
-def probability_columns(labels) -> list[str]:
-    return [f"probability_{label}" for label in labels]
-
-
-def predict_udf(model):
-    """An iterator pandas UDF: struct of feature columns -> struct of probability floats."""
-    import pandas as pd
-    from pyspark.sql.functions import pandas_udf
-
-    from ..scoring import keras_forward
-    names = probability_columns(model.labels)
-    # float32 crosses Arrow at half the bytes of double; Spark widens it in the JVM.
-    schema = ", ".join(f"`{n}` float" for n in names)
-    n_features = len(model.features)
-
-    @pandas_udf(schema)
-    def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        forward = keras_forward(model, (n_features,), "float32")
-        for pdf in batches:
-            p = forward(pdf.to_numpy(dtype=np.float32))
-            yield pd.DataFrame({n: p[:, i] for i, n in enumerate(names)}, copy=False)
-    return predict
-
-
-def input_problems(features, id_col: str = ID):
-    """A Spark column: why an incident row cannot be scored (null when it can)."""
-    from pyspark.sql import functions as F
-    checks = [F.when(F.col(id_col).isNull(), F.lit(f"missing {id_col}"))]
-    for c in features:
-        checks.append(F.when(F.col(c).isNull(), F.lit(f"missing {c}"))
-                      .when(~F.coalesce(F.expr(f"try_cast(`{c}` AS double)").isin(0.0, 1.0),
-                                        F.lit(False)),
-                            F.concat(F.lit(f"{c} must be 0 or 1, got "), F.col(c).cast("string"))))
-    reason = F.concat_ws("; ", *checks)
-    return F.when(reason != "", reason)
-
-
-def predict_columns(df, model):
-    """``df`` + probability columns + ``predicted_label`` + ``confidence`` + ``_reason``
-    (non-finite probabilities) (pure transform)."""
-    from pyspark.sql import functions as F
-    udf = predict_udf(model)
-    names = probability_columns(model.labels)
-    # 0/1 signals travel to Python as int8 (validated upstream): the narrowest Arrow input.
-    out = df.withColumn("_p", udf(F.struct(*[F.col(c).cast("tinyint") for c in model.features])))
-    out = out.select("*", *[F.col(f"_p.`{n}`").cast("double").alias(n) for n in names]).drop("_p")
-    confidence = F.greatest(*[F.col(n) for n in names])
-    predicted = F.lit(None).cast("string")
-    for label, n in reversed(list(zip(model.labels, names))):  # first max wins, as argmax
-        predicted = F.when(F.col(n) == confidence, F.lit(label)).otherwise(predicted)
-    finite = F.lit(True)
-    for n in names:
-        finite = finite & ~F.isnan(F.col(n)) & F.col(n).isNotNull()
-    return (out.withColumn("confidence", confidence).withColumn("predicted_label", predicted)
-               .withColumn("_reason", F.when(~finite, F.lit(
-                   "the model returned non-finite probabilities"))))
+    labelled rows of ``table``, registered as ``registry.incident_model``."""
+    from . import tabular
+    return tabular.training_job(spark, cfg, SCHEMA, table, cfg.registry.incident_model, NAME)
 
 
 def scoring_job(cfg, model):
     """The incident workload's part in the scoring stage: ID, predicted root cause,
     confidence and one probability per cause."""
-    from pyspark.sql import functions as F
+    from . import tabular
+    return tabular.scoring_job(cfg, model, workload=NAME)
 
-    from ..scoring import ScoringJob, check_workload
-    check_workload(model, NAME)
-    names = probability_columns(model.labels)
-    return ScoringJob(
-        workload=NAME, model=model, key=ID, required_columns=[ID, *model.features],
-        required_hint="the model's input columns",
-        problems=input_problems(model.features),
-        predict=lambda df: predict_columns(df, model),
-        output_columns=[F.col(ID), F.col("predicted_label").alias("predicted_root_cause"),
-                        "confidence", *names],
-        daily_label="predicted_root_cause", daily_count="incidents",
-        table_format=cfg.tables.format, arrow_batch_rows=cfg.score.arrow_batch_rows)
+
+def predict_columns(df, model):
+    """The scoring transform of an incident model (see :func:`tabular.predict_columns`)."""
+    from . import tabular
+    return tabular.predict_columns(df, model, SCHEMA)
