@@ -65,9 +65,11 @@ def log_pyfunc(model_uri: str, shape, tracking: str) -> str:
 
     class ImagePyfunc(mlflow.pyfunc.PythonModel):
         def load_context(self, context):
-            import mlflow.tensorflow
-            mlflow.set_tracking_uri(tracking)
-            self.model = mlflow.tensorflow.load_model(context.artifacts["keras"])
+            import os
+
+            import keras
+            self.model = keras.saving.load_model(
+                os.path.join(context.artifacts["keras"], "artifacts", "model.keras"))
 
         def predict(self, context, model_input, params=None):
             col = model_input.iloc[:, 0]
@@ -146,7 +148,8 @@ def main() -> None:
         def make_predict_fn():
             import mlflow
             mlflow.set_tracking_uri(tracking)
-            keras_model = mlflow.tensorflow.load_model(uri)
+            from sparkeras.serving import load_keras
+            keras_model = load_keras(uri)
 
             def predict(x):
                 arr = np.frombuffer(b"".join(x.tolist()), np.uint8).reshape(-1, *shape)
@@ -165,10 +168,10 @@ def main() -> None:
 
     def ceiling_runner(chunk):
         """No Spark: the images as bytes in this process, decode + forward + top 3."""
-        import mlflow
         import tensorflow as tf
         pdf = df.select("image", "height", "width", "channels").toPandas()
-        keras_model = mlflow.tensorflow.load_model(model.uri)
+        from sparkeras.serving import load_keras
+        keras_model = load_keras(model.uri)
 
         @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.uint8)])
         def forward(x):

@@ -4,7 +4,7 @@ Run by hand (``make bench`` or ``python bench/score_incidents.py``). Methods, ea
 to Spark's ``noop`` sink from the same cached input of N rows in local[2]:
 
 - sparkeras:          ``incidents.predict_columns`` (the score stage's transform)
-- spark_udf:          ``mlflow.pyfunc.spark_udf`` on an array of the 7 features
+- spark_udf:          ``mlflow.pyfunc.spark_udf`` of the registered pyfunc (the 7 named columns)
 - predict_batch_udf:  ``pyspark.ml.functions.predict_batch_udf``, batch 8192
 - floor:              a pass-through pandas UDF returning one int column
 
@@ -70,9 +70,11 @@ def main() -> None:
     def spark_udf_method():
         import mlflow.pyfunc
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", default_batch)
-        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=ArrayType(FloatType()),
-                                      env_manager="local")
-        return df.select("ID", udf(F.array(*[F.col(c).cast("float") for c in feats])).alias("p"))
+        # the registered pyfunc: named columns in, the scored table's columns out
+        result = ", ".join(["predicted_root_cause string", "confidence double"] +
+                           [f"probability_{c} double" for c in incidents.LABELS])
+        udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=result, env_manager="local")
+        return df.select("ID", udf(F.struct(*[F.col(c).cast("double").alias(c) for c in feats])).alias("p"))
 
     def predict_batch_method():
         from pyspark.ml.functions import predict_batch_udf
@@ -82,7 +84,8 @@ def main() -> None:
         def make_predict_fn():
             import mlflow
             mlflow.set_tracking_uri(tracking)
-            keras_model = mlflow.tensorflow.load_model(uri)
+            from sparkeras.serving import load_keras
+            keras_model = load_keras(uri)
             return lambda x: keras_model.predict_on_batch(x)
         udf = predict_batch_udf(make_predict_fn, return_type=ArrayType(FloatType()),
                                 batch_size=8192, input_tensor_shapes=[[len(feats)]])

@@ -236,13 +236,16 @@ def task_graph_errors(job_name: str, job: dict) -> list[str]:
 
 def check_target(bundle: Bundle, target: str, entry_points: Mapping[str, Mapping[str, str]],
                  check_task_parameters: Optional[Callable[[str, list[str]], None]] = None,
-                 validate_job: Optional[Callable[[dict], Any]] = None) -> dict:
+                 validate_job: Optional[Callable[[dict], Any]] = None,
+                 validate_endpoint: Optional[Callable[[dict], Any]] = None) -> dict:
     """Check every job of ``bundle`` for ``target``; return the resolved bundle.
 
     ``entry_points`` maps a package name to its console scripts (name -> object reference),
     as read from the wheel the bundle builds. ``check_task_parameters(where, params)``
     raises on parameters its program would reject. ``validate_job(job_dict)`` is the typed
-    schema check (``Job.from_dict``). All problems are reported together in one BundleError.
+    schema check (``Job.from_dict``), ``validate_endpoint`` that of a Model Serving endpoint
+    (``ModelServingEndpoint.from_dict``). All problems are reported together in one
+    BundleError.
     """
     doc = resolve(bundle, target)
     errors: list[str] = []
@@ -272,9 +275,52 @@ def check_target(bundle: Bundle, target: str, entry_points: Mapping[str, Mapping
             where = f"{source.name}: job {name}, task {task.get('task_key')}"
             errors.extend(_task_errors(task, source, where, wheel_dirs, entry_points,
                                        check_task_parameters))
+    for name, endpoint in ((doc.get("resources") or {}).get("model_serving_endpoints")
+                           or {}).items():
+        errors.extend(f"model_serving_endpoints {name}: {e}"
+                      for e in endpoint_errors(endpoint, validate_endpoint))
     if errors:
         raise BundleError(f"target {target}:\n  " + "\n  ".join(errors))
     return doc
+
+
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
+
+def endpoint_errors(endpoint: dict, validate: Optional[Callable[[dict], Any]]) -> list[str]:
+    """What would make a serving endpoint fail to deploy: unknown fields and wrong types,
+    a name the service rejects, a model that is not a Unity Catalog name at a version,
+    traffic routes that name no served entity or do not add up to 100%."""
+    errors = []
+    if validate is not None:
+        try:
+            validate(endpoint)
+        except (TypeError, ValueError, KeyError) as exc:
+            errors.append(str(exc))
+    name = str(endpoint.get("name", ""))
+    if not ENDPOINT_NAME.fullmatch(name):
+        errors.append(f"name {name!r}: letters, digits, - and _ only, at most 63 characters")
+    config = endpoint.get("config") or {}
+    entities = config.get("served_entities") or []
+    if not entities:
+        errors.append("config.served_entities is empty")
+    for e in entities:
+        if str(e.get("entity_name", "")).count(".") != 2:
+            errors.append(f"entity_name {e.get('entity_name')!r} is not catalog.schema.model")
+        if not str(e.get("entity_version", "")).isdigit():
+            errors.append(f"entity_version {e.get('entity_version')!r} is not a version "
+                          f"number (an endpoint cannot follow an alias)")
+    routes = (config.get("traffic_config") or {}).get("routes") or []
+    if routes:
+        served = {e.get("name") or f"{e.get('entity_name', '').split('.')[-1]}-"
+                                   f"{e.get('entity_version')}" for e in entities}
+        unknown = [r.get("served_model_name") for r in routes
+                   if r.get("served_model_name") not in served]
+        if unknown:
+            errors.append(f"traffic routes to unknown served entities {unknown}")
+        if sum(int(r.get("traffic_percentage", 0)) for r in routes) != 100:
+            errors.append("traffic percentages do not add up to 100")
+    return errors
 
 
 def _task_errors(task: dict, source: Path, where: str, wheel_dirs: set,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from databricks.bundles.jobs import Job
+from databricks.bundles.model_serving_endpoints import ModelServingEndpoint
 
 from bundle_check import (
     BundleError,
@@ -72,7 +73,8 @@ def _check(bundle, target, entry_points, calls=None):
         args, cfg = check_arguments(argv)
         if calls is not None:
             calls.append((where, argv, args, cfg))
-    return check_target(bundle, target, entry_points, params, Job.from_dict)
+    return check_target(bundle, target, entry_points, params, Job.from_dict,
+                        ModelServingEndpoint.from_dict)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -144,6 +146,25 @@ def test_resolution_follows_the_cli_rules(bundle):
     assert dynamic_sample("{{job.trigger.time.iso_date}}/x") == "2026-11-21/x"
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_endpoint_serves_the_model_the_pipeline_registers(bundle, wheel_entry_points,
+                                                              target):
+    calls = []
+    doc = _check(bundle, target, wheel_entry_points, calls)
+    (endpoint,) = doc["resources"]["model_serving_endpoints"].values()
+    typed = ModelServingEndpoint.from_dict(endpoint)
+    (entity,) = typed.config.served_entities
+    trained = {cfg.registry.incident_model for where, argv, args, cfg in calls
+               if args.command == "train" and args.workload == "incidents"}
+    assert trained == {entity.entity_name}
+    assert entity.entity_version == "1" and entity.scale_to_zero_enabled
+    assert typed.name == f"sparkeras-incident-root-cause-{target}"
+
+
+def _endpoint(doc):
+    return doc["resources"]["model_serving_endpoints"]["incident_root_cause"]["config"]
+
+
 def _mutated(bundle, change):
     broken = copy.deepcopy(bundle)
     change(broken.document)
@@ -177,6 +198,12 @@ BREAKAGES = {
     "missing conf": (lambda d: _task(d)["python_wheel_task"].__setitem__("parameters", [
         "--conf", "${workspace.file_path}/conf/${bundle.target}-typo.yml", "train", "incidents",
         "--table", "t"]), "config file not found"),
+    "endpoint field": (lambda d: _endpoint(d)["served_entities"][0].update(entity_versoin="1"),
+                       "Unexpected field 'entity_versoin'"),
+    "endpoint alias": (lambda d: _endpoint(d)["served_entities"][0].update(
+        entity_version="champion"), "cannot follow an alias"),
+    "endpoint route": (lambda d: _endpoint(d)["traffic_config"]["routes"][0].update(
+        served_model_name="champoin"), "unknown served entities"),
     "dynamic reference": (lambda d: _task(d, key="score")["python_wheel_task"]["parameters"]
                           .extend(["--batch-id", "{{job.start_time.iso_dat}}"]),
                           "unknown time argument 'iso_dat'"),

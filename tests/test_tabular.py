@@ -4,7 +4,6 @@ import copy
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -123,6 +122,15 @@ def test_regression_scores_and_the_daily_view_averages(spark, regression):
     daily = spark.table("diabetes_scores_daily")
     assert daily.columns == ["day", "rows", "avg_predicted_progression"]
     assert daily.first().rows == 443
+    # the registered pyfunc: the declared features by name -> predicted_progression
+    import mlflow
+    model = mlflow.pyfunc.load_model(scored.model_uri)
+    rows = spark.table("diabetes").orderBy("ID").limit(20).toPandas()
+    answer = model.predict(rows[COLUMNS].astype({"SEX": str}))
+    expected = {r.ID: r.predicted_progression for r in out.where("ID < 1000").collect()}
+    assert list(answer.columns) == ["predicted_progression"]
+    for i, row in rows.iterrows():
+        assert answer.predicted_progression[i] == pytest.approx(expected[row.ID], rel=1e-5)
 
 
 def test_a_worse_regression_model_stays_out_by_rmse(spark, regression, diabetes):
@@ -179,14 +187,16 @@ def test_the_saved_model_holds_its_preprocessing(spark, classification):
     assert set(out) == {1, 2, 3}
     assert spark.table("risk_scores").columns[:5] == [
         "ID", "predicted_risk", "confidence", "probability_high", "probability_low"]
-    model = mlflow.tensorflow.load_model(f"models:/diabetes_risk/{result['model_version']}")
-    rows = spark.table("risk_new").where("ID IN (1, 2, 3)").orderBy("ID").collect()
-    numbers = [f.name for f in schema.numeric]
-    probs = model.predict_on_batch({
-        "features": np.array([[r[n] for n in numbers] for r in rows], np.float32),
-        "SEX": np.array([[r.SEX] for r in rows], object)})
-    for r, p in zip(rows, probs):
-        assert out[r.ID].probability_high == pytest.approx(float(p[0]), abs=1e-6)
+    # The registered pyfunc, given the raw named columns, answers as the scored table.
+    model = mlflow.pyfunc.load_model(f"models:/diabetes_risk/{result['model_version']}")
+    rows = spark.table("risk_new").where("ID IN (1, 2, 3)").orderBy("ID").toPandas()
+    answer = model.predict(rows[schema.feature_names].astype({"SEX": str}))
+    assert list(answer.columns) == ["predicted_risk", "confidence", "probability_high",
+                                    "probability_low"]
+    for i, row in rows.iterrows():
+        assert answer.predicted_risk[i] == out[row.ID].predicted_risk
+        assert answer.probability_high[i] == pytest.approx(out[row.ID].probability_high,
+                                                           abs=1e-6)
 
 
 def test_scoring_needs_the_model_or_a_schema_for_tables_it_did_not_ingest(spark, classification):

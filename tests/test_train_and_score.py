@@ -49,8 +49,13 @@ def test_run_has_params_epoch_metrics_artifacts_and_model(trained, cfg):
     from mlflow.models import get_model_info
     info = get_model_info(f"models:/{MODEL}/1")
     assert info.metadata["labels"] == incidents.LABELS
-    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 7]
+    # named columns in, the scored table's prediction columns out (tests/test_serving.py)
+    assert info.signature.inputs.input_names() == incidents.FEATURES
+    assert info.signature.outputs.input_names() == [
+        "predicted_root_cause", "confidence",
+        *[f"probability_{c}" for c in incidents.LABELS]]
     assert info.saved_input_example_info is not None
+    assert "python_function" in info.flavors
 
 
 def test_worse_model_does_not_take_the_champion_alias(trained, spark, cfg):

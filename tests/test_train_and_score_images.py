@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from sparkeras.ingest import ingest_images
 from sparkeras.scoring import score_images
+from sparkeras.serving import load_keras
 from sparkeras.train import train_images
 from sparkeras.workloads import image_synth
 
@@ -130,7 +131,7 @@ def test_transfer_learning_loads_local_backbone_weights(spark, cfg, tmp_path):
     run = mlflow.MlflowClient().get_run(result["run_id"])
     assert run.data.params["backbone_weights"] == str(weights)
     assert run.data.params["freeze_backbone"] == "True"
-    model = mlflow.tensorflow.load_model(f"models:/test_transfer/{result['model_version']}")
+    model = load_keras(f"models:/test_transfer/{result['model_version']}")
     base = next(layer for layer in model.layers if layer.name.startswith("mobilenetv2"))
     assert all(np.array_equal(a, b) for a, b in zip(base.get_weights(), backbone.get_weights()))
     assert {"flip", "zoom", "perspective"} <= {layer.name for layer in model.layers}

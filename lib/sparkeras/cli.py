@@ -160,6 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to print the rows (default: table)")
     q.add_argument("--max-rows", type=int, default=1000, help="print at most this many rows")
 
+    v = command(sub, "serve", "serve a registered model over REST (MLflow's scoring server)",
+                epilog="Requests: POST /invocations with JSON rows of named columns, e.g. "
+                       "{\"dataframe_records\": [{\"CPU_LOAD\": 1, ...}]}; GET /ping. "
+                       "Ctrl-C stops the server.")
+    v.add_argument("--model", required=True,
+                   help="a models:/ URI, e.g. models:/incident_root_cause@champion (an alias "
+                        "is pinned to its version when the server starts)")
+    v.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    v.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default: 127.0.0.1, this machine only)")
+    v.add_argument("--workers", type=int, default=1,
+                   help="server processes, each with its own copy of the model (default: 1)")
+    u = command(sub, "ui", "MLflow's UI on the tracking store the jobs write (runs, metrics, "
+                           "plots, registered models)", epilog="Ctrl-C stops the server.")
+    u.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    u.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default: 127.0.0.1, this machine only)")
+
     d = command(sub, "demo", "generate, ingest, train, score and query, end to end")
     d.add_argument("--rows", type=int, help="incidents to generate (default: demo.rows)")
     return p
@@ -181,6 +199,13 @@ def config_from_args(args):
 
 def run(args, cfg, out) -> Optional[dict]:
     """Execute parsed ``args``; return the JSON summary (None when the product is the output)."""
+    if args.command in ("serve", "ui"):         # MLflow's servers: no Spark session
+        from . import mlflow_servers
+        if args.command == "serve":
+            mlflow_servers.serve_model(cfg, args.model, args.host, args.port, out, args.workers)
+        else:
+            mlflow_servers.ui(cfg, args.host, args.port, out)
+        return None                             # the JSON line was printed when ready
     from .session import get_spark
     spark = get_spark(cfg)
     cmd, workload = args.command, getattr(args, "workload", None)

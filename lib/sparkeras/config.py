@@ -132,7 +132,8 @@ class ImagesConf:
     # auto: classic_cnn up to 32x32, folder_cnn above | classic_cnn | folder_cnn | transfer
     architecture: str = "auto"
     augment: bool = True              # flip/zoom/perspective layers: folder_cnn, transfer
-    backbone: str = "mobilenet_v2"    # transfer: mobilenet_v2 | resnet50_v2 | efficientnet_b0
+    # transfer backbone: mobilenet_v2 | resnet50_v2 | efficientnet_b0 | vgg16 | resnet50
+    backbone: str = "mobilenet_v2"
     backbone_weights: Optional[str] = None   # a local weights file; None: random init
     freeze_backbone: bool = True
     shuffle_memory_mb: int = 512      # caps train.shuffle_buffer for large images
@@ -180,7 +181,7 @@ _CHOICES = {
     "train.precision": {"float32", "mixed_float16", "mixed_bfloat16"},
     "train.feed": {"arrow", "petastorm"},
     "images.architecture": {"auto", "classic_cnn", "folder_cnn", "transfer"},
-    "images.backbone": {"mobilenet_v2", "resnet50_v2", "efficientnet_b0"},
+    "images.backbone": {"mobilenet_v2", "resnet50_v2", "efficientnet_b0", "vgg16", "resnet50"},
 }
 _POSITIVE = {"train.epochs", "train.batch_size", "train.patience", "train.shuffle_buffer",
              "train.max_attempts",

@@ -83,11 +83,32 @@ def augmentation(seed: int):
 
 
 BACKBONES = {
-    # name: (constructor in keras.applications, input scaling: (scale, offset) or None)
+    # name: (constructor in keras.applications, input scaling: (scale, offset), "caffe"
+    # or None)
     "mobilenet_v2": ("MobileNetV2", (1 / 127.5, -1.0)),
     "resnet50_v2": ("ResNet50V2", (1 / 127.5, -1.0)),
     "efficientnet_b0": ("EfficientNetB0", None),   # rescales 0..255 itself
+    "vgg16": ("VGG16", "caffe"),
+    "resnet50": ("ResNet50", "caffe"),
 }
+# Caffe-style inputs (VGG16, ResNet50 v1: their ``preprocess_input``): BGR channel order,
+# ImageNet channel means subtracted, no scaling.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def caffe_preprocessing(name: str = "caffe"):
+    """A frozen 1x1 convolution doing exactly what ``preprocess_input`` does in caffe mode
+    (RGB -> BGR, minus the channel means), so it is saved with the model: one-hot weights
+    and integer pixels make it exact in float32."""
+    import keras
+    import numpy as np
+    kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+    for out_channel, in_channel in enumerate((2, 1, 0)):
+        kernel[0, 0, in_channel, out_channel] = 1.0
+    layer = keras.layers.Conv2D(3, 1, name=name, trainable=False, dtype="float32")
+    layer.build((None, None, None, 3))
+    layer.set_weights([kernel, -np.asarray(CAFFE_BGR_MEAN, dtype="float32")])
+    return layer
 
 
 def build_image_model(shape: tuple[int, int, int], n_classes: int, architecture: str,
@@ -138,7 +159,9 @@ def build_image_model(shape: tuple[int, int, int], n_classes: int, architecture:
         x = layers.Rescaling(1.0, name="to_float")(inputs)
         for layer in (augmentation(seed) if augment else []):
             x = layer(x)
-        if scaling is not None:
+        if scaling == "caffe":
+            x = caffe_preprocessing()(x)
+        elif scaling is not None:
             x = layers.Rescaling(scaling[0], offset=scaling[1], name="scale")(x)
         base = getattr(keras.applications, ctor_name)(
             input_shape=shape, include_top=False, weights=backbone_weights, pooling="avg")

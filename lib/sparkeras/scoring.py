@@ -121,9 +121,11 @@ def _load_forward(model: ResolvedModel, inputs: dict):
     # Spark runs one Python worker per task slot: more TF threads only oversubscribe.
     tf = configure_tensorflow(model.threads, model.threads)
     import mlflow
+
+    from .serving import load_keras
     mlflow.set_tracking_uri(model.tracking_uri)
     mlflow.set_registry_uri(model.registry_uri)
-    keras_model = mlflow.tensorflow.load_model(model.uri)
+    keras_model = load_keras(model.uri)
     signature = {name: tf.TensorSpec((None, *shape), tf.string if dtype == "string" else dtype)
                  for name, (shape, dtype) in inputs.items()}
     (only,) = inputs if len(inputs) == 1 else (None,)

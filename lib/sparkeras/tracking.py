@@ -33,20 +33,6 @@ def use_experiment(cfg: Config, workload: str) -> str:
     return exp_id
 
 
-def tensor_signature(inputs: dict, n_outputs: int, output_name: str = "probabilities"):
-    """A tensor-based signature (MLflow needs one for Keras models): the model's named
-    inputs (``{name: (shape, dtype)}``, a batch of each) -> a batch of ``n_outputs``
-    float32 values (class probabilities, or one prediction)."""
-    import numpy as np
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-    specs = [TensorSpec(np.dtype(object) if dtype == "string" else np.dtype(dtype),
-                        (-1, *shape), name) for name, (shape, dtype) in inputs.items()]
-    return ModelSignature(
-        inputs=Schema(specs),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_outputs), output_name)]))
-
-
 @dataclass
 class ChampionDecision:
     became_champion: bool
@@ -80,7 +66,6 @@ def champion_gate(cfg: Config, model_name: str, version: str, candidate: float,
 
     A champion whose labels, features, input shape or task differ from ``contract`` cannot
     be measured on this split: the alias stays, and the reason says why."""
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     client = MlflowClient()
@@ -105,7 +90,8 @@ def champion_gate(cfg: Config, model_name: str, version: str, candidate: float,
                    f"cannot be compared on this test split, so {alias} stays at version "
                    f"{current.version} (move the alias by hand, or register under another "
                    f"model name)", str(current.version))
-    champion = mlflow.tensorflow.load_model(champion_uri)
+    from .serving import load_keras
+    champion = load_keras(champion_uri)
     score = float(evaluate(champion))
     relation = ">=" if metric.higher_is_better else "<="
     if metric.at_least_as_good(candidate, score):

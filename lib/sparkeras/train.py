@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import logs, tracking
+from . import logs, serving, tracking
 from .config import Config
 from .errors import DataError
 from .tf_runtime import configure_tensorflow, make_strategy
@@ -44,6 +44,7 @@ class TrainingJob:
     shuffle_buffer: int = 65536
     misclassified_grid: int = 0        # > 0: log a PNG grid of that many test errors
     task: str = "classification"       # classification | regression
+    serving: dict = field(default_factory=dict)  # the pyfunc's model_config (serving.py)
 
 
 def train(spark, job: TrainingJob) -> dict:
@@ -205,18 +206,13 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
 
         test, cm = _evaluate_and_plot(job, model, test_batches, history)
         x_example, _ = next(feed.iter_batches(cache.files("test"), job.decoder, 3))
-        n_outputs = len(labels) if classification else 1
         with warnings.catch_warnings(), logs.python_stderr_to_log():
             # MLflow predicts on the example, and prints its own "Successfully registered"
             # lines: ours below say the same.
             warnings.filterwarnings("ignore", message="The structure of `inputs`")
-            info = mlflow.tensorflow.log_model(
-                model, name="model",
-                signature=tracking.tensor_signature(
-                    job.decoder.inputs, n_outputs,
-                    "probabilities" if classification else "prediction"),
-                input_example=feed.take(x_example, slice(0, 3)),
-                registered_model_name=job.model_name,
+            info = serving.log_model(
+                model, job.serving, serving.input_example(job.serving, x_example),
+                job.model_name,
                 metadata={"workload": job.workload, "labels": list(labels),
                           f"test_{gate.key}": test[gate.key], **job.metadata})
         version = str(info.registered_model_version)
@@ -235,6 +231,8 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
         if decision.previous_score is not None:
             mlflow.log_metric(f"champion_test_{gate.key}", decision.previous_score)
         log.info(decision.reason)
+        from .mlflow_servers import where_to_look
+        log.info(where_to_look(cfg, run.info.experiment_id, run.info.run_id))
 
     out = {"run_id": run.info.run_id, "model_name": job.model_name, "model_version": version,
            "became_champion": decision.became_champion, "champion_reason": decision.reason,

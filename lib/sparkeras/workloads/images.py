@@ -17,6 +17,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .. import serving
 from ..errors import DataError, UsageError
 from . import image_formats as fmt_
 from . import image_sources
@@ -182,6 +183,7 @@ def training_job(spark, cfg, table: str):
                     "freeze_backbone": icfg.freeze_backbone},
         input_name="image", params=params,
         metadata={"input_shape": list(shape), "architecture": arch},
+        serving=serving.image_config(shape, labels),
         shuffle_buffer=shuffle, misclassified_grid=icfg.misclassified_grid)
 
 

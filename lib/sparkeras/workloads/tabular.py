@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 import numpy as np
 import pandas as pd
 
+from .. import serving
 from ..schema import TableSchema
 
 INT32_MAX = 2**31 - 1
@@ -248,7 +249,7 @@ def training_job(spark, cfg, schema: TableSchema, table: str, model_name: Option
                   # JSON text: MLflow writes metadata as YAML with sorted keys, and the
                   # features' order is the model's input order
                   "schema": json.dumps(schema.to_dict()), "vocabularies": vocab},
-        shuffle_buffer=tcfg.shuffle_buffer)
+        serving=serving.tabular_config(schema, labels), shuffle_buffer=tcfg.shuffle_buffer)
 
 
 # -------------------------------------------------------------------------------- scoring
