@@ -15,7 +15,7 @@ def test_local_yml_equals_builtin_defaults():
 
 def test_defaults_are_embedded_and_resolved(tmp_path):
     cfg = load_config(None, [f"state_dir={tmp_path}"])
-    assert cfg.spark.master == "local[*]"
+    assert cfg.spark.master == "local[*, 4]"     # task retries, as on a cluster
     assert cfg.tables.format == "parquet"
     assert cfg.spark.warehouse_dir == f"{tmp_path}/warehouse"
     assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"

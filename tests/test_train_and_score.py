@@ -110,6 +110,36 @@ def test_unscorable_rows_go_to_quarantine(trained, spark, cfg):
     assert reasons == {2: "missing CPU_LOAD", 3: "CPU_LOAD must be 0 or 1, got 2", None: "missing ID"}
 
 
+@pytest.mark.parametrize("sql_type,values,bad", [
+    # text: exact spellings of 0/1 score as 0/1, anything else is quarantined with its value
+    ("string", ["1", "1.0", " 0 ", "x", None, "0.5"],
+     {4: "CPU_LOAD must be 0 or 1, got x", 5: "missing CPU_LOAD",
+      6: "CPU_LOAD must be 0 or 1, got 0.5"}),
+    ("double", [1.0, 1.0, 0.0, 2.5, None, float("nan")],
+     {4: "CPU_LOAD must be 0 or 1, got 2.5", 5: "missing CPU_LOAD",
+      6: "CPU_LOAD must be 0 or 1, got NaN"}),
+])
+def test_scoring_input_of_another_type_is_exact_or_quarantined(trained, spark, cfg, sql_type,
+                                                                values, bad):
+    """A feature column of the wrong type never crashes the job (Spark 4's ANSI casts fail
+    on '1.0' -> tinyint) and is never cast silently: each row scores as the 0/1 it spells,
+    or is quarantined with its value."""
+    others = ", ".join(f"{c} int" for c in incidents.FEATURES[1:])
+    rows = [(i + 1, v, 0, 0, 1, 0, 0, 0) for i, v in enumerate(values)]
+    spark.createDataFrame(rows, f"ID int, CPU_LOAD {sql_type}, {others}") \
+        .write.mode("overwrite").saveAsTable("tr_types")
+    result = score_incidents(spark, cfg, "default.tr_types", "default.tr_types_scores",
+                             model_uri=f"models:/{MODEL}/2", batch_id="types")
+    assert (result.input_rows, result.scored_rows, result.quarantined_rows) == (6, 3, 3)
+    reasons = {r.ID: r.reason for r in spark.table("tr_types_scores_quarantine").collect()}
+    assert reasons == bad
+    # rows that spell 1 score exactly as an int 1 does
+    reference = spark.table("tr_new_scores").where("ID = 1").first()
+    scored = {r.ID: r for r in spark.table("tr_types_scores").collect()}
+    assert scored[1].probability_MEMORY_LEAK == scored[2].probability_MEMORY_LEAK
+    assert scored[1].predicted_root_cause == reference.predicted_root_cause
+
+
 def test_missing_feature_column_is_a_clear_error(trained, spark, cfg):
     spark.createDataFrame([(1, 0)], "ID int, CPU_LOAD int").write.mode("overwrite").saveAsTable("tr_thin")
     with pytest.raises(ValueError, match=r"lacks the model's input columns \['MEMORY_LEAK_LOAD'"):

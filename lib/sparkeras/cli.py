@@ -197,8 +197,28 @@ def config_from_args(args):
     return load_config(args.conf if args.conf else default_config_path(), _overrides(args))
 
 
+def written_tables(args, cfg) -> list[str]:
+    """The tables a command writes batches into (each with its quarantine): one writer at a
+    time (:mod:`sparkeras.write_lock`)."""
+    if args.command == "ingest":
+        name = args.table
+        if name is None and getattr(args, "schema", None):
+            from .schema import load_schema
+            name = load_schema(args.schema).name
+        return [cfg.table_name(name)] if name else []
+    if args.command == "score":
+        return [cfg.table_name(args.output)]
+    return []
+
+
 def run(args, cfg, out) -> Optional[dict]:
     """Execute parsed ``args``; return the JSON summary (None when the product is the output)."""
+    from .write_lock import holding
+    with holding(cfg.state_dir, written_tables(args, cfg), cfg.tables.write_locks):
+        return _run(args, cfg, out)
+
+
+def _run(args, cfg, out) -> Optional[dict]:
     if args.command in ("serve", "ui"):         # MLflow's servers: no Spark session
         from . import mlflow_servers
         if args.command == "serve":
@@ -259,6 +279,17 @@ def run(args, cfg, out) -> Optional[dict]:
     raise AssertionError(cmd)
 
 
+AFTER_INTERRUPT = {
+    # what an interrupted command leaves behind, and what to do (docs/operations.md)
+    "ingest": ": each batch of the table and its quarantine holds its earlier rows, the new "
+              "ones or none, never a part; run the same command again to finish",
+    "score": ": each batch of the scored table and its quarantine holds its earlier rows, the "
+             "new ones or none, never a part; run the same command again to finish",
+    "train": ": no model version was registered; its checkpoints are kept, so the same "
+             "command resumes after the last completed epoch",
+}
+
+
 def _user_error_types() -> tuple:
     """Exceptions whose message is meant for the user besides sparkeras' own
     (:class:`~sparkeras.errors.SparkerasError`): missing tables, paths and bad SQL from Spark,
@@ -309,12 +340,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import logs
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logs.setup(level)
+    logs.setup(level, own_root=True)
     out = sys.stdout
     log_file = None
     try:
         cfg = config_from_args(args)
-        log_file = logs.setup(level, cfg.log_dir, f"sparkeras-{args.command}")
+        log_file = logs.setup(level, cfg.log_dir, f"sparkeras-{args.command}", own_root=True)
         log.debug(f"sparkeras {__version__}: {' '.join(sys.argv)}")
         # Libraries print progress and notices on stdout: keep stdout for our product.
         with contextlib.redirect_stdout(sys.stderr):
@@ -327,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if log_file is not None and (code == EXIT_INTERNAL or len(str(exc).splitlines()) > 1):
             message += f" (details: {log_file})"
         if code == EXIT_INTERRUPTED:
-            message = f"{args.command} {message}"
+            message = f"{args.command} {message}{AFTER_INTERRUPT.get(args.command, '')}"
         log.error(message, extra={"kind": kind})
         return code
     if summary is not None:

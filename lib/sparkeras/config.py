@@ -37,7 +37,9 @@ AutoFloat = Union[float, Literal["auto"]]
 @dataclass
 class SparkConf:
     """How to obtain the SparkSession when none is active (local runs)."""
-    master: str = "local[*]"
+    # local[*, 4]: a task that fails (a crashed Python worker, an OOM-killed TensorFlow) is
+    # retried up to 4 times, as on a cluster, instead of failing the job.
+    master: str = "local[*, 4]"
     app_name: str = "sparkeras"
     # "hive" keeps tables in a persistent metastore; "in-memory" forgets them at exit.
     catalog: str = "hive"
@@ -51,6 +53,9 @@ class SparkConf:
 class TablesConf:
     format: str = "parquet"          # parquet locally, delta on Databricks
     database: str = "default"
+    # one command at a time writes a table (a lock file under state_dir/locks); Delta
+    # refuses conflicting writes itself, so the Databricks targets turn this off
+    write_locks: bool = True
 
 
 @dataclass

@@ -49,9 +49,13 @@ class _Format(logging.Formatter):
 
 
 def setup(level: int = logging.INFO, log_dir: Optional[str] = None,
-          name: str = "sparkeras") -> Optional[Path]:
+          name: str = "sparkeras", own_root: bool = False) -> Optional[Path]:
     """Configure the ``sparkeras`` logger for a process; return the run's log file (None
-    without ``log_dir``). Safe to call again: handlers are replaced, not added."""
+    without ``log_dir``). Safe to call again: handlers are replaced, not added.
+
+    ``own_root`` (the command line, which owns its process): records of other libraries
+    that log through the root logger (py4j's "Exception while sending command" traces when
+    Ctrl-C interrupts a call into the JVM) go to the log file, not the terminal."""
     global _run_log
     logger = logging.getLogger(LOGGER)
     for handler in list(logger.handlers):
@@ -98,6 +102,12 @@ def setup(level: int = logging.INFO, log_dir: Optional[str] = None,
     if PySparkLogger is not None:
         for name in PYSPARK_JSON_LOGGERS:
             _only_to(PySparkLogger.getLogger(name), to_file or logging.NullHandler())
+    if own_root:
+        root = logging.getLogger()
+        for old in list(root.handlers):
+            root.removeHandler(old)
+        # (a root without handlers would make logging.exception() add one on stderr)
+        root.addHandler(to_file or logging.NullHandler())
     return _run_log
 
 

@@ -8,6 +8,7 @@ are not records.
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from .errors import UsageError
@@ -75,20 +76,74 @@ def read_json(spark, source: str, columns: Sequence[str]):
     return df.select("raw", "source_file", parse_error.alias("_parse_error"), *values)
 
 
-def read_parquet(spark, source: str, columns: Sequence[str], required: Sequence[str]):
+def read_parquet(spark, files, columns: Sequence[str], required: Sequence[str]):
     """Parquet with any column types (matched by name, case ignored); required columns
-    missing from the files' schema are a parse error of every record."""
+    missing from the files' schema are a parse error of every record. A file whose footer
+    cannot be read (truncated, overwritten, not Parquet) is one record with the reason, and
+    the other files are read."""
     from pyspark.sql import functions as F
-    df = spark.read.option("mergeSchema", "true").parquet(source)
-    present = {c.upper(): c for c in df.columns}
-    missing = [c for c in required if c.upper() not in present]
-    raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in df.columns]))
-    parse_error = (F.lit("missing column " + ", ".join(missing)) if missing
-                   else F.lit(None).cast("string"))
-    values = [(F.trim(F.col(f"`{present[c.upper()]}`").cast("string")) if c.upper() in present
-               else F.lit(None).cast("string")).alias(c) for c in columns]
-    return df.select(raw.alias("raw"), F.col("_metadata.file_path").alias("source_file"),
-                     parse_error.alias("_parse_error"), *values)
+    footers = parquet_footers(spark, [path for path, _, _ in files.listing])
+    broken = {path: error for path, error in footers.items() if error}
+    good = [path for path, _, _ in files.listing if path not in broken]
+    nothing = F.lit(None).cast("string")
+    parts = []
+    if good:
+        df = spark.read.option("mergeSchema", "true").parquet(*good)
+        present = {c.upper(): c for c in df.columns}
+        missing = [c for c in required if c.upper() not in present]
+        raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in df.columns]))
+        parse_error = F.lit("missing column " + ", ".join(missing)) if missing else nothing
+        values = [(F.trim(F.col(f"`{present[c.upper()]}`").cast("string"))
+                   if c.upper() in present else nothing).alias(c) for c in columns]
+        parts.append(df.select(raw.alias("raw"), F.col("_metadata.file_path").alias("source_file"),
+                               parse_error.alias("_parse_error"), *values))
+    if broken:
+        rows = [("", path, f"unreadable Parquet file: {error}", *[None] * len(columns))
+                for path, error in sorted(broken.items())]
+        schema = ", ".join(f"`{n}` string" for n in ["raw", "source_file", "_parse_error",
+                                                      *columns])
+        parts.append(spark.createDataFrame(rows, schema))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out
+
+
+def parquet_footers(spark, paths: Sequence[str]) -> dict:
+    """path -> None (its footer reads) or why it does not, checked by Python tasks with
+    pyarrow (only the footer is read). A path pyarrow cannot open (a file system it does not
+    know) counts as readable: Spark's own reader decides, and fails loudly."""
+    if not paths:
+        return {}
+    n = min(len(paths), 64)
+
+    def check(batches):
+        import pandas as pd
+        for pdf in batches:
+            yield pd.DataFrame({"path": pdf["path"],
+                                "error": [_footer_error(p) for p in pdf["path"]]})
+    listed = spark.createDataFrame([(p,) for p in paths], "path string").repartition(n)
+    return {r.path: r.error for r in
+            listed.mapInPandas(check, "path string, error string").collect()}
+
+
+def _footer_error(path: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    local = re.sub(r"^(file|dbfs):", "", path) if re.match(r"^(file|dbfs):/", path) else None
+    try:
+        if local is not None:
+            source = local
+        else:
+            fs, inner = pa.fs.FileSystem.from_uri(path)
+            source = fs.open_input_file(inner)
+    except Exception:                  # noqa: BLE001 - a file system pyarrow does not know
+        return None
+    try:
+        pq.read_metadata(source)
+        return None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return str(exc).splitlines()[0][:300] or type(exc).__name__
 
 
 def read(spark, files, fmt: str, columns: Sequence[str], required: Sequence[str], key: str):
@@ -98,5 +153,5 @@ def read(spark, files, fmt: str, columns: Sequence[str], required: Sequence[str]
     if fmt == "json":
         return read_json(spark, files.source, columns)
     if fmt == "parquet":
-        return read_parquet(spark, files.source, columns, required)
+        return read_parquet(spark, files, columns, required)
     raise UsageError(f"unknown tabular format {fmt!r}; expected one of {list(FORMATS)}")

@@ -6,6 +6,7 @@ rows become model inputs, its labels, its model builder and what is logged with 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -112,6 +113,21 @@ def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache,
     return spec, chosen
 
 
+def _run_key(spark, job: TrainingJob, spec: dict, cache: feed.Cache) -> str:
+    """The same training of the same data has the same key, so an interrupted command
+    (Ctrl-C, a killed driver) resumes from its checkpoints when it runs again: the table's
+    files (any write changes them), the split sizes and everything the workers train with
+    except paths."""
+    stable = {k: v for k, v in spec.items()
+              if k not in ("train_files", "val_files", "checkpoint_dir", "output_dir", "fault",
+                           "petastorm")}
+    files = sorted(spark.table(job.table).inputFiles())
+    text = json.dumps({"workload": job.workload, "table": job.table, "model": job.model_name,
+                       "workers": job.cfg.train.workers, "rows": cache.rows, "files": files,
+                       "spec": stable}, sort_keys=True, default=str)
+    return f"{job.workload}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+
+
 def _replicas_per_worker(spark, cfg: Config) -> int:
     """Devices that share each worker's batch: the driver's GPUs under MirroredStrategy,
     or the GPUs Spark gives each barrier task (``spark.task.resource.gpu.amount``)."""
@@ -169,13 +185,19 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
     labels = job.labels
     classification = job.task == "classification"
     gate = tracking.MACRO_F1 if classification else tracking.RMSE
-    run_key = f"{job.workload}-{uuid.uuid4().hex[:12]}"
     keras.config.disable_interactive_logging()   # no progress bars: we print our own lines
 
     def test_batches():
         return feed.iter_batches(cache.files("test"), job.decoder, 1024)
 
-    spec, chosen = _spec(spark, cfg, job, cache, run_key)
+    spec, chosen = _spec(spark, cfg, job, cache, "")
+    run_key = _run_key(spark, job, spec, cache)
+    spec["checkpoint_dir"] = str(Path(tcfg.checkpoint_dir) / run_key)
+    spec["fault"] = _fault(tcfg.checkpoint_dir, run_key)
+    from .training.loop import read_state
+    if read_state(spec["checkpoint_dir"]) is not None:
+        log.info(f"an interrupted run of this training was found ({spec['checkpoint_dir']}): "
+                 f"it resumes after its last completed epoch")
     log.info(chosen.describe())
     params = {"table": job.table, "epochs": chosen.epochs, "batch_size": chosen.global_batch,
               "learning_rate": chosen.learning_rate, "patience": chosen.patience,
@@ -231,6 +253,8 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
         if decision.previous_score is not None:
             mlflow.log_metric(f"champion_test_{gate.key}", decision.previous_score)
         log.info(decision.reason)
+        # trained, logged and registered: nothing left to resume
+        shutil.rmtree(spec["checkpoint_dir"], ignore_errors=True)
         from .mlflow_servers import where_to_look
         log.info(where_to_look(cfg, run.info.experiment_id, run.info.run_id))
 

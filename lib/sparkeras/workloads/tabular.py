@@ -269,14 +269,18 @@ def model_schema(model) -> TableSchema:
 
 def _arrow_input(feature, dtype):
     """The narrowest exact type a feature crosses into Python as: 0/1 as int8, numbers as
-    their column's own integer or floating type, categories as text."""
+    their column's own integer or floating type, categories as text. Columns of other types
+    (text ``'1.0'``, doubles ``1.0``) are converted as :func:`input_problems` checked them,
+    through a double, never by a cast that fails under ANSI mode (``'1.0'`` to tinyint)."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import FloatType, IntegralType
     c = F.col(feature.name)
     if feature.kind == "binary":
-        return c.cast("tinyint")
+        return c.cast("tinyint") if isinstance(dtype, IntegralType) else \
+            F.expr(f"try_cast(`{feature.name}` AS double)").cast("tinyint")
     if feature.kind == "number":
-        return c if isinstance(dtype, (IntegralType, FloatType)) else c.cast("double")
+        return c if isinstance(dtype, (IntegralType, FloatType)) else \
+            _as_double(c.cast("string"))
     return c.cast("string")
 
 

@@ -1,0 +1,343 @@
+"""Fault drills with real processes and real signals: a Python worker killed with SIGKILL
+(as the OOM killer does) during `score` and `ingest`, Ctrl-C during `score`, corrupt
+input files. Each drill checks exact counts and that no id is written twice."""
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sparkeras.workloads import image_formats, incidents
+
+from clirun import sparkeras, summary
+
+pytestmark = pytest.mark.slow   # processes, training
+
+ROWS = 60_000
+# the embedded default's retries (local[*, 4]) on two cores; WARN keeps Spark's
+# "Lost task" lines in the command's log file, the proof that a task failed and was retried
+MASTER = ["--set", "spark.master=local[2, 4]", "--set", "spark.log_level=WARN"]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _children() -> dict:
+    """ppid -> [pid] of every live process."""
+    out: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z":
+                out.setdefault(int(fields[1]), []).append(int(entry))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def python_workers(pid: int) -> list[int]:
+    """Spark's Python workers under ``pid``: processes forked by a ``pyspark.daemon``."""
+    found = []
+    for p in descendants(pid):
+        if "pyspark.daemon" in _cmdline(p):
+            with open(f"/proc/{p}/stat") as f:
+                stat = f.read()
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            if "pyspark.daemon" in _cmdline(parent):
+                found.append(p)
+    return found
+
+
+def start(state, *args, env=None):
+    cmd = [sys.executable, "-m", "sparkeras.cli", "--set", f"state_dir={state}", *MASTER,
+           "--set", "spark.conf={spark.sql.shuffle.partitions: 2}", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def kill_a_worker_midway(proc, settle: float = 1.5, timeout: float = 240) -> int:
+    """Wait for a Python worker of ``proc`` to run a task, then SIGKILL it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the command ended first: {proc.stderr.read()[-2000:]}"
+        workers = python_workers(proc.pid)
+        if workers:
+            time.sleep(settle)               # inside its task (TensorFlow loads, rows flow)
+            victims = [w for w in python_workers(proc.pid) if w in workers] or \
+                python_workers(proc.pid)
+            os.kill(victims[0], signal.SIGKILL)
+            return victims[0]
+        time.sleep(0.05)
+    raise AssertionError("no Python worker appeared")
+
+
+def sql(state, query):
+    proc = sparkeras(state, "sql", query, "--format", "json")     # one JSON object per row
+    return [json.loads(line) for line in proc.stdout.strip().splitlines()]
+
+
+def lost_tasks(state, command: str) -> str:
+    logs = sorted(Path(state, "logs").glob(f"sparkeras-{command}-*.log"))
+    return logs[-1].read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    """A trained incident model and a 300,000-row export, through the command line."""
+    state = tmp_path_factory.mktemp("drills")
+    src = state / "export"
+    sparkeras(state, "generate", "incidents", "--rows", str(ROWS), "--out", str(src))
+    sparkeras(state, "ingest", "incidents", "--source", str(src), "--table", "incidents")
+    sparkeras(state, "train", "incidents", "--table", "incidents", "--epochs", "1")
+    return state
+
+
+def test_a_killed_python_worker_costs_one_task_not_the_score(state):
+    proc = start(state, "score", "incidents", "--table", "incidents", "--output", "scores")
+    victim = kill_a_worker_midway(proc)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["input_rows"], result["scored_rows"], result["quarantined_rows"]) == \
+        (ROWS, ROWS, 0)
+    (row,) = sql(state, "SELECT COUNT(*) AS n, COUNT(DISTINCT ID) AS ids FROM scores")
+    assert row == {"n": ROWS, "ids": ROWS}
+    log = lost_tasks(state, "score")
+    assert "Lost task" in log and "Python worker exited unexpectedly" in log, victim
+
+
+def test_a_killed_python_worker_costs_one_task_not_the_image_score(state, tmp_path):
+    images = tmp_path / "images"
+    sparkeras(state, "generate", "images", "--count", "1200", "--out", str(images),
+              "--format", "idx", "--classes", "4")
+    sparkeras(state, "ingest", "images", "--source", str(images), "--table", "digits",
+              "--format", "idx")
+    sparkeras(state, "train", "images", "--table", "digits", "--epochs", "1")
+    proc = start(state, "score", "images", "--table", "digits", "--output", "digit_scores")
+    kill_a_worker_midway(proc, settle=1.0)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["input_rows"], result["scored_rows"], result["quarantined_rows"]) == \
+        (1200, 1200, 0)
+    (row,) = sql(state, "SELECT COUNT(*) AS n, COUNT(DISTINCT image_id) AS ids "
+                        "FROM digit_scores")
+    assert row == {"n": 1200, "ids": 1200}
+    assert "Lost task" in lost_tasks(state, "score")
+
+
+def test_a_killed_python_worker_during_ingest_loses_no_record(state, tmp_path):
+    src = tmp_path / "late"
+    sparkeras(state, "generate", "incidents", "--rows", "50000", "--out", str(src),
+              "--seed", "9")
+    proc = start(state, "ingest", "incidents", "--source", str(src), "--table", "late")
+    kill_a_worker_midway(proc, settle=0.5)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["input_rows"], result["valid_rows"], result["quarantined_rows"]) == \
+        (50_000, 50_000, 0)
+    (row,) = sql(state, "SELECT COUNT(*) AS n, COUNT(DISTINCT ID) AS ids FROM late")
+    assert row == {"n": 50_000, "ids": 50_000}
+    assert "Lost task" in lost_tasks(state, "ingest")
+
+
+def test_ctrl_c_during_score_exits_130_and_leaves_no_process(state):
+    before = sql(state, "SELECT COUNT(*) AS n FROM scores")[0]["n"]
+    proc = start(state, "score", "incidents", "--table", "incidents", "--output", "scores")
+    deadline = time.monotonic() + 240
+    while not python_workers(proc.pid):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(1.0)
+    family = descendants(proc.pid)             # the JVM, the daemon, its workers
+    assert any("java" in _cmdline(p) for p in family)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("sparkeras: interrupted: score stopped before it finished: each "
+                           "batch of the scored table"), last
+    assert "run the same command again to finish" in last
+    assert "Traceback" not in err and out == ""
+    deadline = time.monotonic() + 30
+    while [p for p in family if _cmdline(p)]:
+        assert time.monotonic() < deadline, [(p, _cmdline(p)) for p in family if _cmdline(p)]
+        time.sleep(0.2)
+    # the earlier batch is intact, and the same command finishes the job
+    assert sql(state, "SELECT COUNT(*) AS n FROM scores")[0]["n"] == before
+    again = summary(sparkeras(state, "score", "incidents", "--table", "incidents",
+                              "--output", "scores"))
+    assert again["scored_rows"] == ROWS
+    (row,) = sql(state, "SELECT COUNT(*) AS n, COUNT(DISTINCT ID) AS ids FROM scores")
+    assert row == {"n": ROWS, "ids": ROWS}
+
+
+def test_ctrl_c_during_distributed_training_leaves_nothing_running_and_the_rerun_resumes(
+        state):
+    args = ["train", "incidents", "--table", "incidents", "--workers", "2", "--epochs", "4",
+            "--batch-size", "512"]
+    proc = start(state, *args)
+    seen, deadline = [], time.monotonic() + 300
+    for line in proc.stderr:                              # progress lines, as a user sees them
+        seen.append(line)
+        if line.startswith("[sparkeras] epoch 1/4"):
+            break
+        assert time.monotonic() < deadline, "".join(seen)[-3000:]
+    else:
+        raise AssertionError("".join(seen)[-3000:])
+    time.sleep(0.5)                                       # inside epoch 2
+    family = descendants(proc.pid)
+    workers = [p for p in family if "sparkeras.training.worker" in _cmdline(p)]
+    assert len(workers) == 2 and any("java" in _cmdline(p) for p in family)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("sparkeras: interrupted: train stopped before it finished: no model "
+                           "version was registered; its checkpoints are kept"), last
+    assert "Traceback" not in err and out == ""
+    deadline = time.monotonic() + 30
+    while [p for p in family if _cmdline(p)]:
+        assert time.monotonic() < deadline, [(p, _cmdline(p)) for p in family if _cmdline(p)]
+        time.sleep(0.2)
+    resumed = sparkeras(state, *args)
+    assert "an interrupted run of this training was found" in resumed.stderr
+    result = summary(resumed)
+    assert result["resumed_from_epoch"] >= 1 and result["workers"] == 2
+
+
+def test_a_second_writer_of_the_same_output_is_refused_at_once(state):
+    first = start(state, "score", "incidents", "--table", "incidents", "--output", "scores")
+    deadline = time.monotonic() + 240
+    while not python_workers(first.pid):                  # it holds the table
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.05)
+    started = time.monotonic()
+    second = sparkeras(state, "score", "incidents", "--table", "late", "--output", "scores",
+                       check=False)
+    assert time.monotonic() - started < 30                # refused before any Spark work
+    assert second.returncode == 1
+    assert "scores is being written by `sparkeras" in second.stderr
+    assert f"(pid {first.pid} on" in second.stderr and "wait for it to finish" in second.stderr
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    (row,) = sql(state, "SELECT COUNT(*) AS n, COUNT(DISTINCT ID) AS ids FROM scores")
+    assert row == {"n": ROWS, "ids": ROWS}
+
+
+def _batches(state, table, column):
+    return {r[column]: r["n"] for r in sql(
+        state, f"SELECT {column}, COUNT(*) AS n, COUNT(DISTINCT ID) AS ids FROM {table} "
+               f"GROUP BY {column}") if r["n"] == r["ids"]}
+
+
+@pytest.mark.parametrize("command", ["score", "ingest"])
+def test_sigkill_of_the_command_during_its_write_never_leaves_a_partial_batch(state, tmp_path,
+                                                                              command):
+    """The whole command killed (SIGKILL: no cleanup at all) while it writes into a table
+    that holds other batches: each batch is afterwards its old rows, absent or its new rows;
+    the other batches are untouched; the same command then finishes (taking over the dead
+    command's lock)."""
+    if command == "score":
+        sparkeras(state, "score", "incidents", "--table", "late", "--output", "scores")
+        table, column, n = "scores", "batch_id", ROWS
+        args = ["score", "incidents", "--table", "incidents", "--output", "scores"]
+    else:
+        table, column, n = "twice", "ingest_batch_id", ROWS
+        args = ["ingest", "incidents", "--source", str(state / "export"), "--table", table]
+        sparkeras(state, *args)
+        other = tmp_path / "other.csv"                    # another batch, other ids
+        lines = [",".join(["ID", *incidents.FEATURES, "ROOT_CAUSE"])]
+        lines += [f"{10_000_000 + i},1,0,0,1,0,0,0,MEMORY_LEAK" for i in range(5000)]
+        other.write_text("\n".join(lines) + "\n")
+        sparkeras(state, "ingest", "incidents", "--source", str(other), "--table", table)
+    before = _batches(state, table, column)
+    assert len(before) == 2 and n in before.values()
+    proc = start(state, *args)
+    deadline = time.monotonic() + 240
+    while not python_workers(proc.pid):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(2.0)                                       # rows are being written
+    family = descendants(proc.pid)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60                      # the JVM follows its driver
+    while [p for p in family if _cmdline(p)]:
+        assert time.monotonic() < deadline, [(p, _cmdline(p)) for p in family if _cmdline(p)]
+        time.sleep(0.2)
+    after = _batches(state, table, column)
+    total = sql(state, f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]
+    assert total == sum(after.values())                   # no batch holds a duplicate id
+    for batch, rows in before.items():
+        assert after.get(batch, 0) in (0, rows), (batch, rows, after)
+    again = sparkeras(state, *args)
+    assert "taking over the lock" in again.stderr
+    assert _batches(state, table, column) == before
+
+
+def test_a_corrupt_parquet_file_is_quarantined_and_the_others_ingested(spark, cfg, tmp_path):
+    from sparkeras.ingest import ingest_incidents
+    src = tmp_path / "parquet"
+    incidents.write_generated(spark, 3000, str(src), "parquet", seed=4)
+    files = sorted(src.glob("*.parquet"))
+    assert len(files) >= 2
+    broken = files[0]
+    rows_in_broken = spark.read.parquet(str(broken)).count()
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])           # truncated, as a failed copy leaves it
+    (src / "notes.parquet").write_text("not parquet at all")
+    result = ingest_incidents(spark, cfg, str(src), "from_parquet", "parquet")
+    assert result.valid_rows == 3000 - rows_in_broken
+    assert result.quarantined_rows == 2
+    assert result.input_rows == result.valid_rows + result.quarantined_rows
+    reasons = {Path(r.source_file).name: r.reason
+               for r in spark.table("from_parquet_quarantine").collect()}
+    assert set(reasons) == {broken.name, "notes.parquet"}
+    assert all(r.startswith("unreadable Parquet file: ") for r in reasons.values()), reasons
+
+
+def test_a_truncated_gzip_idx_file_is_quarantined_with_its_path(spark, cfg, tmp_path):
+    import numpy as np
+
+    from sparkeras.ingest import ingest_images
+    src = tmp_path / "idx"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 50), ("t10k", 20)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (src / f"{prefix}-images-idx3-ubyte.gz").write_bytes(image_formats.encode_idx(images))
+        (src / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(image_formats.encode_idx(labels))
+    whole = (src / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (src / "t10k-images-idx3-ubyte.gz").write_bytes(whole[: len(whole) - 700])
+    assert gzip.decompress(whole)                         # it was valid before the cut
+    result = ingest_images(spark, cfg, str(src), "idx_cut", "idx")
+    assert result.valid_rows == 50
+    quarantine = spark.table("idx_cut_quarantine").collect()
+    assert len(quarantine) == result.quarantined_rows >= 1
+    assert any(str(r.source).endswith("t10k-images-idx3-ubyte.gz") and
+               "corrupt gzip data" in r.reason for r in quarantine), quarantine
