@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sparkeras.mlflow_servers import live_processes
 from sparkeras.workloads import image_formats, incidents
 
 from clirun import sparkeras, summary
@@ -35,16 +36,8 @@ def _cmdline(pid: int) -> str:
 def _children() -> dict:
     """ppid -> [pid] of every live process."""
     out: dict = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] != "Z":
-                out.setdefault(int(fields[1]), []).append(int(entry))
+    for pid, parent, _ in live_processes():
+        out.setdefault(parent, []).append(pid)
     return out
 
 
@@ -114,18 +107,24 @@ def state(tmp_path_factory):
     return state
 
 
-def test_a_killed_python_worker_costs_one_task_not_the_score(state):
-    proc = start(state, "score", "incidents", "--table", "incidents", "--output", "scores")
-    victim = kill_a_worker_midway(proc)
+def finished_exactly(state, proc, command: str, written: str, rows: int, table: str,
+                     key: str) -> None:
+    """``proc`` succeeded, its summary and ``table`` hold ``rows`` rows, each key once, and
+    its log shows the task Spark lost and ran again."""
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
-    assert (result["input_rows"], result["scored_rows"], result["quarantined_rows"]) == \
-        (ROWS, ROWS, 0)
-    (row,) = sql(state, "SELECT COUNT(*) AS n, COUNT(DISTINCT ID) AS ids FROM scores")
-    assert row == {"n": ROWS, "ids": ROWS}
-    log = lost_tasks(state, "score")
-    assert "Lost task" in log and "Python worker exited unexpectedly" in log, victim
+    assert (result["input_rows"], result[written], result["quarantined_rows"]) == (rows, rows, 0)
+    (row,) = sql(state, f"SELECT COUNT(*) AS n, COUNT(DISTINCT {key}) AS ids FROM {table}")
+    assert row == {"n": rows, "ids": rows}
+    log = lost_tasks(state, command)
+    assert "Lost task" in log and "Python worker exited unexpectedly" in log
+
+
+def test_a_killed_python_worker_costs_one_task_not_the_score(state):
+    proc = start(state, "score", "incidents", "--table", "incidents", "--output", "scores")
+    kill_a_worker_midway(proc)
+    finished_exactly(state, proc, "score", "scored_rows", ROWS, "scores", "ID")
 
 
 def test_a_killed_python_worker_costs_one_task_not_the_image_score(state, tmp_path):
@@ -137,15 +136,7 @@ def test_a_killed_python_worker_costs_one_task_not_the_image_score(state, tmp_pa
     sparkeras(state, "train", "images", "--table", "digits", "--epochs", "1")
     proc = start(state, "score", "images", "--table", "digits", "--output", "digit_scores")
     kill_a_worker_midway(proc, settle=1.0)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    result = json.loads(out.strip().splitlines()[-1])
-    assert (result["input_rows"], result["scored_rows"], result["quarantined_rows"]) == \
-        (1200, 1200, 0)
-    (row,) = sql(state, "SELECT COUNT(*) AS n, COUNT(DISTINCT image_id) AS ids "
-                        "FROM digit_scores")
-    assert row == {"n": 1200, "ids": 1200}
-    assert "Lost task" in lost_tasks(state, "score")
+    finished_exactly(state, proc, "score", "scored_rows", 1200, "digit_scores", "image_id")
 
 
 def test_a_killed_python_worker_during_ingest_loses_no_record(state, tmp_path):
@@ -154,14 +145,7 @@ def test_a_killed_python_worker_during_ingest_loses_no_record(state, tmp_path):
               "--seed", "9")
     proc = start(state, "ingest", "incidents", "--source", str(src), "--table", "late")
     kill_a_worker_midway(proc, settle=0.5)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    result = json.loads(out.strip().splitlines()[-1])
-    assert (result["input_rows"], result["valid_rows"], result["quarantined_rows"]) == \
-        (50_000, 50_000, 0)
-    (row,) = sql(state, "SELECT COUNT(*) AS n, COUNT(DISTINCT ID) AS ids FROM late")
-    assert row == {"n": 50_000, "ids": 50_000}
-    assert "Lost task" in lost_tasks(state, "ingest")
+    finished_exactly(state, proc, "ingest", "valid_rows", 50_000, "late", "ID")
 
 
 def test_ctrl_c_during_score_exits_130_and_leaves_no_process(state):

@@ -78,7 +78,12 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid`` (Linux ``/proc``)."""
-    members = []
+    return [pid for pid, _, group in live_processes() if group == pgid]
+
+
+def live_processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live (not zombie) process (Linux)."""
+    out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -88,9 +93,9 @@ def group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
+        if fields[0] != "Z":
+            out.append((int(entry), int(fields[1]), int(fields[2])))
+    return out
 
 
 def run_server(argv: list[str], ready_url: str, what: str, summary: dict, out,
