@@ -8,7 +8,7 @@ import pytest
 from sparkeras.train import train_incidents
 from sparkeras.training import launcher
 
-pytestmark = pytest.mark.slow   # processes, training, barrier stages
+pytestmark = [pytest.mark.slow, pytest.mark.compat]   # processes, training, barrier stages
 
 
 @pytest.fixture(scope="module")

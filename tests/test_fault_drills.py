@@ -70,20 +70,33 @@ def start(state, *args, env=None):
                             env=env)
 
 
-def kill_a_worker_midway(proc, settle: float = 1.5, timeout: float = 240) -> int:
-    """Wait for a Python worker of ``proc`` to run a task, then SIGKILL it."""
+def wait_for_workers(proc, timeout: float = 240) -> list[int]:
+    """The Python workers of ``proc`` once it has some (it is running Python tasks)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         assert proc.poll() is None, f"the command ended first: {proc.stderr.read()[-2000:]}"
         workers = python_workers(proc.pid)
         if workers:
-            time.sleep(settle)               # inside its task (TensorFlow loads, rows flow)
-            victims = [w for w in python_workers(proc.pid) if w in workers] or \
-                python_workers(proc.pid)
-            os.kill(victims[0], signal.SIGKILL)
-            return victims[0]
+            return workers
+        assert time.monotonic() < deadline, "no Python worker appeared"
         time.sleep(0.05)
-    raise AssertionError("no Python worker appeared")
+
+
+def wait_until_gone(family: list[int], timeout: float) -> None:
+    """Wait until none of the processes ``family`` runs any more."""
+    deadline = time.monotonic() + timeout
+    while [p for p in family if _cmdline(p)]:
+        assert time.monotonic() < deadline, [(p, _cmdline(p)) for p in family if _cmdline(p)]
+        time.sleep(0.2)
+
+
+def kill_a_worker_midway(proc, settle: float = 1.5) -> int:
+    """Wait for a Python worker of ``proc`` to run a task, then SIGKILL it."""
+    workers = wait_for_workers(proc)
+    time.sleep(settle)                       # inside its task (TensorFlow loads, rows flow)
+    victims = [w for w in python_workers(proc.pid) if w in workers] or python_workers(proc.pid)
+    os.kill(victims[0], signal.SIGKILL)
+    return victims[0]
 
 
 def sql(state, query):
@@ -118,9 +131,12 @@ def finished_exactly(state, proc, command: str, written: str, rows: int, table: 
     (row,) = sql(state, f"SELECT COUNT(*) AS n, COUNT(DISTINCT {key}) AS ids FROM {table}")
     assert row == {"n": rows, "ids": rows}
     log = lost_tasks(state, command)
-    assert "Lost task" in log and "Python worker exited unexpectedly" in log
+    # Spark 4 names the crash; Spark 3.5 reports the worker's closed socket
+    crashed = ("Python worker exited unexpectedly", "java.net.SocketException: Connection reset")
+    assert "Lost task" in log and any(reason in log for reason in crashed), log[-3000:]
 
 
+@pytest.mark.compat   # Spark 3.5 reports these faults differently
 def test_a_killed_python_worker_costs_one_task_not_the_score(state):
     proc = start(state, "score", "incidents", "--table", "incidents", "--output", "scores")
     kill_a_worker_midway(proc)
@@ -148,13 +164,17 @@ def test_a_killed_python_worker_during_ingest_loses_no_record(state, tmp_path):
     finished_exactly(state, proc, "ingest", "valid_rows", 50_000, "late", "ID")
 
 
+@pytest.mark.compat   # Spark 3.5 reports these faults differently
 def test_ctrl_c_during_score_exits_130_and_leaves_no_process(state):
-    before = sql(state, "SELECT COUNT(*) AS n FROM scores")[0]["n"]
+    # the table holds an earlier run's batch: the drill above made it, or (run alone) this one
+    try:
+        before = sql(state, "SELECT COUNT(*) AS n FROM scores")[0]["n"]
+    except AssertionError as exc:
+        assert "TABLE_OR_VIEW_NOT_FOUND" in str(exc)
+        sparkeras(state, "score", "incidents", "--table", "incidents", "--output", "scores")
+        before = ROWS
     proc = start(state, "score", "incidents", "--table", "incidents", "--output", "scores")
-    deadline = time.monotonic() + 240
-    while not python_workers(proc.pid):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    wait_for_workers(proc)
     time.sleep(1.0)
     family = descendants(proc.pid)             # the JVM, the daemon, its workers
     assert any("java" in _cmdline(p) for p in family)
@@ -166,10 +186,7 @@ def test_ctrl_c_during_score_exits_130_and_leaves_no_process(state):
                            "batch of the scored table"), last
     assert "run the same command again to finish" in last
     assert "Traceback" not in err and out == ""
-    deadline = time.monotonic() + 30
-    while [p for p in family if _cmdline(p)]:
-        assert time.monotonic() < deadline, [(p, _cmdline(p)) for p in family if _cmdline(p)]
-        time.sleep(0.2)
+    wait_until_gone(family, 30)
     # the earlier batch is intact, and the same command finishes the job
     assert sql(state, "SELECT COUNT(*) AS n FROM scores")[0]["n"] == before
     again = summary(sparkeras(state, "score", "incidents", "--table", "incidents",
@@ -179,6 +196,7 @@ def test_ctrl_c_during_score_exits_130_and_leaves_no_process(state):
     assert row == {"n": ROWS, "ids": ROWS}
 
 
+@pytest.mark.compat   # Spark 3.5 reports these faults differently
 def test_ctrl_c_during_distributed_training_leaves_nothing_running_and_the_rerun_resumes(
         state):
     args = ["train", "incidents", "--table", "incidents", "--workers", "2", "--epochs", "4",
@@ -203,10 +221,7 @@ def test_ctrl_c_during_distributed_training_leaves_nothing_running_and_the_rerun
     assert last.startswith("sparkeras: interrupted: train stopped before it finished: no model "
                            "version was registered; its checkpoints are kept"), last
     assert "Traceback" not in err and out == ""
-    deadline = time.monotonic() + 30
-    while [p for p in family if _cmdline(p)]:
-        assert time.monotonic() < deadline, [(p, _cmdline(p)) for p in family if _cmdline(p)]
-        time.sleep(0.2)
+    wait_until_gone(family, 30)
     resumed = sparkeras(state, *args)
     assert "an interrupted run of this training was found" in resumed.stderr
     result = summary(resumed)
@@ -215,10 +230,7 @@ def test_ctrl_c_during_distributed_training_leaves_nothing_running_and_the_rerun
 
 def test_a_second_writer_of_the_same_output_is_refused_at_once(state):
     first = start(state, "score", "incidents", "--table", "incidents", "--output", "scores")
-    deadline = time.monotonic() + 240
-    while not python_workers(first.pid):                  # it holds the table
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.05)
+    wait_for_workers(first)                               # it holds the table
     started = time.monotonic()
     second = sparkeras(state, "score", "incidents", "--table", "late", "--output", "scores",
                        check=False)
@@ -261,18 +273,12 @@ def test_sigkill_of_the_command_during_its_write_never_leaves_a_partial_batch(st
     before = _batches(state, table, column)
     assert len(before) == 2 and n in before.values()
     proc = start(state, *args)
-    deadline = time.monotonic() + 240
-    while not python_workers(proc.pid):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    wait_for_workers(proc)
     time.sleep(2.0)                                       # rows are being written
     family = descendants(proc.pid)
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 60                      # the JVM follows its driver
-    while [p for p in family if _cmdline(p)]:
-        assert time.monotonic() < deadline, [(p, _cmdline(p)) for p in family if _cmdline(p)]
-        time.sleep(0.2)
+    wait_until_gone(family, 60)                           # the JVM follows its driver
     after = _batches(state, table, column)
     total = sql(state, f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]
     assert total == sum(after.values())                   # no batch holds a duplicate id

@@ -9,7 +9,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from sparkeras.workloads import incidents
 
-pytestmark = pytest.mark.slow   # processes, training, barrier stages
+pytestmark = [pytest.mark.slow, pytest.mark.compat]   # processes, training, barrier stages
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

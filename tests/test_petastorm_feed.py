@@ -9,7 +9,7 @@ import pytest
 
 from sparkeras.train import train_images, train_incidents
 
-pytestmark = pytest.mark.slow   # processes, training, barrier stages
+pytestmark = [pytest.mark.slow, pytest.mark.compat]   # processes, training, barrier stages
 
 
 def _petastorm_imports() -> bool:

@@ -13,7 +13,7 @@ from sparkeras.schema import load_schema, schema_from_dict
 from sparkeras.scoring import score_tabular
 from sparkeras.train import train_tabular
 
-pytestmark = pytest.mark.slow   # processes, training, barrier stages
+pytestmark = [pytest.mark.slow, pytest.mark.compat]   # processes, training, barrier stages
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["AGE", "SEX", "BMI", "BP", "S1", "S2", "S3", "S4", "S5", "S6"]

@@ -11,7 +11,7 @@ from sparkeras.scoring import score_incidents
 from sparkeras.train import train_incidents
 from sparkeras.workloads import incidents
 
-pytestmark = pytest.mark.slow   # processes, training, barrier stages
+pytestmark = [pytest.mark.slow, pytest.mark.compat]   # processes, training, barrier stages
 
 MODEL = "incident_root_cause"
 

@@ -13,7 +13,7 @@ from sparkeras.serving import load_keras
 from sparkeras.train import train_images
 from sparkeras.workloads import image_synth
 
-pytestmark = pytest.mark.slow   # processes, training, barrier stages
+pytestmark = [pytest.mark.slow, pytest.mark.compat]   # processes, training, barrier stages
 
 
 @pytest.fixture(scope="module")

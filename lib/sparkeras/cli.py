@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from . import __version__
+from . import __version__, interrupts
 from .config import ConfigError, default_config_path, load_config
 from .errors import (
     EXIT_FAILED,
@@ -326,7 +326,7 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
     and the standard library, interruption, and anything else (a bug)."""
     if isinstance(exc, ConfigError):
         return EXIT_USAGE, "configuration error", str(exc)
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or interrupts.received():
         return EXIT_INTERRUPTED, "interrupted", "stopped before it finished"
     if isinstance(exc, SparkerasError):
         return exc.exit_code, "error", _first_line(exc)
@@ -339,6 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return its exit code (see :mod:`sparkeras.errors`)."""
     from . import logs
     args = build_parser().parse_args(argv)
+    interrupts.watch()
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logs.setup(level, own_root=True)
     out = sys.stdout

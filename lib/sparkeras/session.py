@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from . import logs
+from . import interrupts, logs
 from .config import Config
 
 
@@ -76,6 +76,7 @@ def get_spark(cfg: Config):
     # file when there is one: Spark's start-up notices and log lines stay off the terminal.
     with logs.stderr_to(logs.run_log()):
         spark = builder.getOrCreate()
+    interrupts.watch()              # PySpark installed its own SIGINT handler: chain in front
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     return spark
 

@@ -78,8 +78,8 @@ def train(spark, job: TrainingJob) -> dict:
         shutil.rmtree(cache_root, ignore_errors=True)
 
 
-def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache,
-          run_key: str) -> tuple[dict, settings_.Settings]:
+def _spec(spark, cfg: Config, job: TrainingJob,
+          cache: feed.Cache) -> tuple[dict, settings_.Settings]:
     """What every training worker needs, as JSON (see training/worker.py), and the
     training settings chosen for this data (see training/settings.py)."""
     tcfg = cfg.train
@@ -103,13 +103,10 @@ def _spec(spark, cfg: Config, job: TrainingJob, cache: feed.Cache,
             "val_files": cache.files("validation"), "epochs": chosen.epochs,
             "global_batch": chosen.global_batch, "steps_per_epoch": chosen.steps_per_epoch,
             "patience": chosen.patience, "seed": tcfg.seed, "shuffle_buffer": job.shuffle_buffer,
-            "checkpoint_dir": str(Path(tcfg.checkpoint_dir) / run_key),
             "output_dir": str(Path(cache.root) / "_output"),
             "tensorflow": {"intra_op_threads": cfg.tensorflow.intra_op_threads,
                            "inter_op_threads": cfg.tensorflow.inter_op_threads},
-            "precision": tcfg.precision, "fault": _fault(tcfg.checkpoint_dir, run_key),
-            "task": job.task,
-            "petastorm": petastorm}
+            "precision": tcfg.precision, "task": job.task, "petastorm": petastorm}
     return spec, chosen
 
 
@@ -119,8 +116,7 @@ def _run_key(spark, job: TrainingJob, spec: dict, cache: feed.Cache) -> str:
     files (any write changes them), the split sizes and everything the workers train with
     except paths."""
     stable = {k: v for k, v in spec.items()
-              if k not in ("train_files", "val_files", "checkpoint_dir", "output_dir", "fault",
-                           "petastorm")}
+              if k not in ("train_files", "val_files", "output_dir", "petastorm")}
     files = sorted(spark.table(job.table).inputFiles())
     text = json.dumps({"workload": job.workload, "table": job.table, "model": job.model_name,
                        "workers": job.cfg.train.workers, "rows": cache.rows, "files": files,
@@ -190,8 +186,8 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
     def test_batches():
         return feed.iter_batches(cache.files("test"), job.decoder, 1024)
 
-    spec, chosen = _spec(spark, cfg, job, cache, "")
-    run_key = _run_key(spark, job, spec, cache)
+    spec, chosen = _spec(spark, cfg, job, cache)
+    run_key = _run_key(spark, job, spec, cache)    # (before the run-key paths join the spec)
     spec["checkpoint_dir"] = str(Path(tcfg.checkpoint_dir) / run_key)
     spec["fault"] = _fault(tcfg.checkpoint_dir, run_key)
     from .training.loop import read_state

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Optional
 
+from .. import interrupts
 from ..errors import NotEnoughSlots, TrainingFailed
 from .loop import epoch_line, read_state
 
@@ -165,6 +166,8 @@ def run_workers(spark, spec: dict, spec_path: str, n_workers: int,
             with EpochRelay(spec.get("checkpoint_dir"), spec["epochs"]):
                 rdd.barrier().mapPartitions(task).collect()
         except Exception as exc:  # a worker died: Spark failed the whole barrier stage
+            if interrupts.received():         # Ctrl-C, surfacing as a Py4J error (Spark 3.5)
+                raise KeyboardInterrupt from exc
             last_error = exc
             log.warning(f"attempt {attempt} failed after {time.time() - started:.1f}s: "
                         f"{_first_line(exc)}")
