@@ -41,7 +41,7 @@ setup-compat: java $(COMPAT_STAMP)
 $(STAMP): setup.py pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,connect]"
 	$(PY) -m pip check
 	touch $(STAMP)
 

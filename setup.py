@@ -41,6 +41,9 @@ setup(
         # it), the offline bundle check and the linter
         "dev": ["sparkeras[local]", "pytest>=8", "databricks-bundles>=1.22",
                 "scikit-learn>=1.3", "ruff>=0.6"],
+        # Spark Connect clients: `sparkeras server`, spark.remote / SPARK_REMOTE (the primary
+        # stack; pyspark 3.5 wheels carry no Connect server)
+        "connect": ["pyspark[connect]>=3.5"],
         # train.feed: petastorm - only on the Spark 3.5 stack (pyarrow <= 14, numpy < 2)
         "petastorm": ["petastorm>=0.13.1"],
     },

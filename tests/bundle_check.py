@@ -271,10 +271,15 @@ def check_target(bundle: Bundle, target: str, entry_points: Mapping[str, Mapping
             except (TypeError, ValueError, KeyError) as exc:
                 errors.append(f"{source.name}: job {name}: {exc}")
         errors.extend(f"{source.name}: {e}" for e in task_graph_errors(name, job))
+        environments = {e.get("environment_key"): e for e in job.get("environments") or []}
+        for key, env in environments.items():
+            errors.extend(f"{source.name}: job {name}, environment {key}: {e}"
+                          for e in _environment_errors(env, source, wheel_dirs))
         for task in job.get("tasks") or []:
             where = f"{source.name}: job {name}, task {task.get('task_key')}"
             errors.extend(_task_errors(task, source, where, wheel_dirs, entry_points,
                                        check_task_parameters))
+            errors.extend(_compute_errors(task, where, environments))
     for name, endpoint in ((doc.get("resources") or {}).get("model_serving_endpoints")
                            or {}).items():
         errors.extend(f"model_serving_endpoints {name}: {e}"
@@ -323,16 +328,53 @@ def endpoint_errors(endpoint: dict, validate: Optional[Callable[[dict], Any]]) -
     return errors
 
 
+def _wheel_path_error(whl: str, source: Path, wheel_dirs: set) -> Optional[str]:
+    """A relative wheel path that does not point where the bundle builds its wheel."""
+    if "://" in whl or whl.startswith("/") or not whl.endswith(".whl"):
+        return None
+    folder = (source.parent / whl).parent.resolve()
+    if folder not in wheel_dirs:
+        return (f"{whl} is not where the bundle's wheel artifact is built "
+                f"({sorted(map(str, wheel_dirs))})")
+    return None
+
+
+def _environment_errors(env: dict, source: Path, wheel_dirs: set) -> list[str]:
+    """A serverless job environment: a version, and the bundle's wheel among its
+    dependencies (where the bundle builds it)."""
+    spec = env.get("spec") or {}
+    errors = []
+    if not (spec.get("environment_version") or spec.get("client")):
+        errors.append("spec needs an environment_version")
+    deps = [str(d) for d in spec.get("dependencies") or []]
+    wheels = [d for d in deps if d.endswith(".whl")]
+    if not wheels:
+        errors.append("the bundle's wheel is not among its dependencies")
+    errors.extend(e for e in (_wheel_path_error(w, source, wheel_dirs) for w in wheels) if e)
+    return errors
+
+
+def _compute_errors(task: dict, where: str, environments: dict) -> list[str]:
+    """Each task runs on exactly one kind of compute: a job cluster (its key is checked with
+    the task graph), an existing cluster, or (serverless) one of the job's environments."""
+    kinds = [k for k in ("job_cluster_key", "existing_cluster_id", "environment_key")
+             if task.get(k)]
+    if len(kinds) != 1 and not task.get("notebook_task"):
+        return [f"{where}: needs exactly one of job_cluster_key, existing_cluster_id, "
+                f"environment_key (found {kinds})"]
+    if task.get("environment_key") and task["environment_key"] not in environments:
+        return [f"{where}: environment_key {task['environment_key']!r} is not one of the "
+                f"job's environments ({sorted(environments)})"]
+    return []
+
+
 def _task_errors(task: dict, source: Path, where: str, wheel_dirs: set,
                  entry_points: Mapping, check_params: Optional[Callable]) -> list[str]:
     errors = []
     for lib in task.get("libraries") or []:
-        whl = lib.get("whl")
-        if whl and "://" not in whl and not whl.startswith("/"):
-            folder = (source.parent / whl).parent.resolve()
-            if folder not in wheel_dirs:
-                errors.append(f"{where}: library {whl} is not where the bundle's wheel "
-                              f"artifact is built ({sorted(map(str, wheel_dirs))})")
+        problem = _wheel_path_error(lib.get("whl") or "", source, wheel_dirs)
+        if problem:
+            errors.append(f"{where}: library {problem}")
     params: Optional[list] = None
     wheel = task.get("python_wheel_task")
     if wheel:

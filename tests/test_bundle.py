@@ -136,6 +136,20 @@ def test_daily_scoring_is_paused_in_dev_and_runs_in_prod(bundle):
     assert s[s.index("--input-batch") + 1] == "{{job.trigger.time.iso_date}}"
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_daily_scoring_runs_on_serverless_with_the_wheel_and_tensorflow(bundle, target):
+    job = resolve(bundle, target)["resources"]["jobs"]["score_incidents_daily"]
+    typed = Job.from_dict(job)
+    (env,) = typed.environments
+    assert env.spec.environment_version == "4"
+    assert env.spec.dependencies[0] == "../dist/*.whl"
+    assert any(d.startswith("tensorflow-cpu") for d in env.spec.dependencies)
+    assert "job_clusters" not in job
+    for task in job["tasks"]:          # serverless: no cluster, no libraries, the environment
+        assert task["environment_key"] == env.environment_key
+        assert not ({"job_cluster_key", "existing_cluster_id", "libraries"} & set(task))
+
+
 def test_resolution_follows_the_cli_rules(bundle):
     doc = resolve(bundle, "prod", user="ana@example.com")
     job = doc["resources"]["jobs"]["incidents_pipeline"]
@@ -171,6 +185,10 @@ def _mutated(bundle, change):
     return broken
 
 
+def _daily(doc):
+    return doc["resources"]["jobs"]["score_incidents_daily"]
+
+
 def _task(doc, job="incidents_pipeline", key="train"):
     return next(t for t in doc["resources"]["jobs"][job]["tasks"] if t["task_key"] == key)
 
@@ -191,6 +209,12 @@ BREAKAGES = {
                         "no entry point 'main'"),
     "wheel path": (lambda d: _task(d).update(libraries=[{"whl": "./dist/*.whl"}]),
                    "not where the bundle's wheel artifact is built"),
+    "serverless wheel": (lambda d: _daily(d)["environments"][0]["spec"].update(
+        dependencies=["tensorflow-cpu"]), "the bundle's wheel is not among its dependencies"),
+    "serverless key": (lambda d: _task(d, "score_incidents_daily", "score").update(
+        environment_key="sparkras"), "environment_key 'sparkras' is not one of"),
+    "two computes": (lambda d: _task(d, "score_incidents_daily", "score").update(
+        job_cluster_key="cpu"), "needs exactly one of"),
     "cli rejects": (lambda d: _task(d)["python_wheel_task"]["parameters"].extend(
         ["--epochs", "many"]), "invalid int value: 'many'"),
     "config rejects": (lambda d: _task(d)["python_wheel_task"]["parameters"].extend(

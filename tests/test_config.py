@@ -92,3 +92,13 @@ def test_catalog_and_schema_fill_every_unity_catalog_name():
 def test_a_placeholder_without_its_value_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"'tables.database' uses \{schema\} but 'schema' is not set"):
         load_config(None, ["catalog=main", "tables.database='{catalog}.{schema}'"])
+
+
+def test_settings_after_the_command_add_to_those_before_it(tmp_path):
+    from sparkeras.cli import build_parser, config_from_args
+    args = build_parser().parse_args([
+        "--set", f"state_dir={tmp_path}", "--set", "train.epochs=3", "train", "incidents",
+        "--table", "t", "--set", "train.epochs=5", "--set", "train.patience=2"])
+    cfg = config_from_args(args)
+    assert cfg.state_dir == str(tmp_path.resolve())          # kept: not replaced
+    assert (cfg.train.epochs, cfg.train.patience) == (5, 2)   # the later one wins

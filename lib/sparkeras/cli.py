@@ -54,12 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also show debug lines on stderr")
     loud.add_argument("-q", "--quiet", action="store_true",
                       help="show only warnings and errors on stderr")
-    # --conf/--set are also accepted after the subcommand (jobs forward their arguments).
+    # --conf/--set are also accepted after the subcommand (jobs forward their arguments);
+    # their own destinations, so that they add to those given before it, not replace them
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--conf", metavar="FILE", default=argparse.SUPPRESS,
-                        help="configuration YAML (as before the command)")
-    common.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                        default=argparse.SUPPRESS, help="override one setting (repeatable)")
+    common.add_argument("--conf", dest="command_conf", metavar="FILE",
+                        default=argparse.SUPPRESS, help="configuration YAML (as before the "
+                        "command; this one wins)")
+    common.add_argument("--set", dest="command_overrides", action="append", metavar="KEY=VALUE",
+                        default=argparse.SUPPRESS, help="override one setting (repeatable; "
+                        "applied after those before the command)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(subparsers, name, help, **kw):
@@ -178,13 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default: 127.0.0.1, this machine only)")
 
+    sv = sub.add_parser("server", help="one local Spark server (Spark Connect and JDBC) for "
+                        "jobs and analysts at once", description="One detached Spark JVM over "
+                        "the state folder's warehouse and metastore, serving Spark Connect "
+                        "(every sparkeras command of this state folder goes through it while "
+                        "it runs) and JDBC/ODBC (beeline, BI tools). Ports: server.* settings.")
+    actions = sv.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(actions, "start", "start it (unless it runs); print connect_url, jdbc_url, pid")
+    command(actions, "status", "say whether it runs, and where")
+    command(actions, "stop", "stop it and wait until none of its processes runs")
+
     d = command(sub, "demo", "generate, ingest, train, score and query, end to end")
     d.add_argument("--rows", type=int, help="incidents to generate (default: demo.rows)")
     return p
 
 
 def _overrides(args) -> list[str]:
-    extra = list(args.overrides)
+    extra = list(args.overrides) + list(getattr(args, "command_overrides", []))
     for option, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
                         ("workers", "train.workers")):
         if getattr(args, option, None) is not None:
@@ -194,7 +207,8 @@ def _overrides(args) -> list[str]:
 
 def config_from_args(args):
     """The configuration parsed ``args`` name (file, --set and command options)."""
-    return load_config(args.conf if args.conf else default_config_path(), _overrides(args))
+    path = getattr(args, "command_conf", None) or args.conf
+    return load_config(path if path else default_config_path(), _overrides(args))
 
 
 def written_tables(args, cfg) -> list[str]:
@@ -226,6 +240,8 @@ def _run(args, cfg, out) -> Optional[dict]:
         else:
             mlflow_servers.ui(cfg, args.host, args.port, out)
         return None                             # the JSON line was printed when ready
+    if args.command == "server":                # manages the JVM; uses no session itself
+        return _server(args.action, cfg)
     from .session import get_spark
     spark = get_spark(cfg)
     cmd, workload = args.command, getattr(args, "workload", None)
@@ -277,6 +293,25 @@ def _run(args, cfg, out) -> Optional[dict]:
         from .demo import run_demo
         return run_demo(spark, cfg, args.rows or cfg.demo.rows, out)
     raise AssertionError(cmd)
+
+
+def _server(action: str, cfg) -> dict:
+    from . import server
+    if action == "start":
+        info = server.start(cfg)
+        log.info(("started" if info["started"] else "already running") +
+                 f": Spark Connect {info['connect_url']}, JDBC {info['jdbc_url']} (pid "
+                 f"{info['pid']}); sparkeras commands of this state folder now use it; "
+                 f"analysts: beeline -u {info['jdbc_url']}")
+        return info
+    if action == "status":
+        info = server.status(cfg)
+        log.info(f"running: Spark Connect {info['connect_url']}, JDBC {info['jdbc_url']} "
+                 f"(pid {info['pid']})" if info["running"] else "not running")
+        return info
+    info = server.stop(cfg)
+    log.info(f"stopped (pid {info['pid']})" if info["stopped"] else "was not running")
+    return info
 
 
 AFTER_INTERRUPT = {
@@ -359,6 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if log_file is not None and (code == EXIT_INTERNAL or len(str(exc).splitlines()) > 1):
             message += f" (details: {log_file})"
         if code == EXIT_INTERRUPTED:
+            from .session import interrupt_connect_work
+            interrupt_connect_work()
             message = f"{args.command} {message}{AFTER_INTERRUPT.get(args.command, '')}"
         log.error(message, extra={"kind": kind})
         return code

@@ -47,6 +47,20 @@ class SparkConf:
     metastore_dir: str = "{state_dir}/metastore_db"
     log_level: str = "ERROR"
     conf: dict[str, str] = field(default_factory=dict)
+    # Spark Connect: "sc://host:port" of a running server (then master, catalog, warehouse
+    # and the JVM settings are the server's). Unset: $SPARK_REMOTE, else the state folder's
+    # `sparkeras server` when one runs, else an embedded session in this process.
+    remote: Optional[str] = None
+
+
+@dataclass
+class ServerConf:
+    """``sparkeras server``: one local Spark JVM serving Spark Connect and JDBC (Thrift)
+    over the state folder's warehouse and metastore, so jobs and analysts work at once."""
+    host: str = "127.0.0.1"            # the address both services bind to
+    connect_port: int = 15002          # Spark Connect (sc://host:port)
+    jdbc_port: int = 10000             # HiveServer2 (jdbc:hive2://host:port)
+    start_timeout: int = 180           # seconds for both services to accept connections
 
 
 @dataclass
@@ -104,6 +118,9 @@ class TrainConf:
     strategy: str = "mirrored"         # workers 0: mirrored (local GPUs or CPU) | default
     workers: int = 0                   # 0: train on the driver; N: N Spark barrier tasks
     max_attempts: int = 3              # barrier stage attempts; each resumes from checkpoint
+    # Spark Connect cannot say how many tasks the cluster runs at once: a probe barrier stage
+    # waits this long for every worker's slot before failing with the same clear error
+    slot_wait_seconds: int = 120
     checkpoint_dir: str = "{state_dir}/checkpoints"   # a Volume on Databricks
     precision: str = "float32"         # float32 | mixed_float16 | mixed_bfloat16
     feed: str = "arrow"                # arrow (pyarrow reads the cache) | petastorm (Spark 3.5)
@@ -160,6 +177,7 @@ class Config:
     catalog: Optional[str] = None    # Unity Catalog names for {catalog}/{schema} placeholders
     schema: Optional[str] = None
     spark: SparkConf = field(default_factory=SparkConf)
+    server: ServerConf = field(default_factory=ServerConf)
     tables: TablesConf = field(default_factory=TablesConf)
     mlflow: MlflowConf = field(default_factory=MlflowConf)
     registry: RegistryConf = field(default_factory=RegistryConf)
@@ -189,7 +207,8 @@ _CHOICES = {
     "images.backbone": {"mobilenet_v2", "resnet50_v2", "efficientnet_b0", "vgg16", "resnet50"},
 }
 _POSITIVE = {"train.epochs", "train.batch_size", "train.patience", "train.shuffle_buffer",
-             "train.max_attempts",
+             "train.max_attempts", "train.slot_wait_seconds",
+             "server.connect_port", "server.jdbc_port", "server.start_timeout",
              "score.arrow_batch_rows", "score.worker_threads", "score.predict_chunk_rows",
              "demo.rows",
              "images.decode_batch_rows", "images.shuffle_memory_mb"}

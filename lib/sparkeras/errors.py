@@ -49,3 +49,11 @@ class UsageError(SparkerasError, ValueError):
 
 class InputNotFound(SparkerasError, FileNotFoundError):
     """No input files match the source."""
+
+
+class MetastoreBusy(SparkerasError):
+    """Another process holds the embedded (Derby) metastore, which admits one at a time."""
+
+
+class ServerError(SparkerasError):
+    """``sparkeras server`` could not start, or no server answers where one was expected."""

@@ -64,16 +64,24 @@ def _environment() -> dict:
 
 def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """SIGTERM the child's process group, SIGKILL what is left after ``timeout``; wait."""
+    stop_process_group(proc.pid, timeout, reap=proc.poll)
+    proc.wait()
+
+
+def stop_process_group(pgid: int, timeout: float = 30.0,
+                       reap: Callable[[], object] = lambda: None) -> bool:
+    """SIGTERM process group ``pgid``, SIGKILL what is left after ``timeout``; wait until
+    none of it runs. True if SIGTERM was enough."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+            os.killpg(pgid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            proc.poll()                       # reap the leader
-            if not group_members(proc.pid):
-                return
+            reap()                            # a child of ours: reap the leader
+            if not group_members(pgid):
+                return sig == signal.SIGTERM
             time.sleep(0.2)
-    proc.wait()
+    return False
 
 
 def group_members(pgid: int) -> list[int]:

@@ -1,17 +1,26 @@
 """The SparkSession and process environment, built from configuration.
 
 On Databricks (or anywhere a session is already active) the active session is used as is:
-cluster configuration belongs to the cluster. Otherwise a session is built from
-``cfg.spark``: a persistent Hive metastore and warehouse under the state folder, quiet logs,
-and Python workers that run this very interpreter.
+cluster configuration belongs to the cluster. Otherwise, in this order:
+
+- ``spark.remote`` (or ``$SPARK_REMOTE``): a Spark Connect session to that server;
+- a ``sparkeras server`` running for this state folder: a Spark Connect session to it, so
+  commands, notebooks and analysts share its metastore at the same time;
+- an embedded session in this process: a persistent Hive metastore and warehouse under the
+  state folder, quiet logs, and Python workers that run this very interpreter.
+
+Library code never needs to know which: :func:`is_connect` tells the few places that differ
+(there is no ``sparkContext`` on Spark Connect).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Optional
 
 from . import interrupts, logs
 from .config import Config
@@ -58,14 +67,41 @@ def session_conf(cfg: Config) -> dict[str, str]:
     return conf
 
 
+def is_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no SparkContext, no JVM in this process)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def remote_url(cfg: Config) -> Optional[str]:
+    """The Spark Connect server to use, if any: ``spark.remote``, else ``$SPARK_REMOTE``,
+    else the ``sparkeras server`` of this state folder when it runs."""
+    if cfg.spark.remote:
+        return cfg.spark.remote
+    if os.environ.get("SPARK_REMOTE"):
+        return os.environ["SPARK_REMOTE"]
+    from . import server
+    running = server.running(cfg)
+    return running["connect_url"] if running else None
+
+
+# Settings a Connect client may set on its session; the rest (master, warehouse, metastore,
+# JVM options, barrier checks) belong to the server that was started with them.
+CONNECT_SESSION_CONF = ("spark.sql.session.timeZone",)
+
+
 def get_spark(cfg: Config):
-    """Return the active SparkSession, or build one from ``cfg.spark``."""
+    """Return the active SparkSession, or build one from ``cfg.spark`` (see the module doc)."""
     prepare_environment(cfg)
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    remote = remote_url(cfg)
+    if remote:
+        logging.getLogger("sparkeras").info(f"using the Spark Connect server at {remote}")
+        return connect_session(cfg, remote)
+    metastore_in_use(cfg)
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
     builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
     for key, value in session_conf(cfg).items():
@@ -79,6 +115,65 @@ def get_spark(cfg: Config):
     interrupts.watch()              # PySpark installed its own SIGINT handler: chain in front
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     return spark
+
+
+def connect_session(cfg: Config, url: str):
+    """A Spark Connect session to ``url`` with this client's session settings applied: the
+    SQL settings sparkeras relies on and ``spark.conf`` entries a session may change (static
+    ones are the server's: skipped, and said in the log)."""
+    from pyspark.sql import SparkSession
+    try:
+        spark = SparkSession.builder.remote(url).getOrCreate()
+    except ImportError as exc:
+        from .errors import SparkerasError
+        raise SparkerasError(f"Spark Connect ({url}) needs the client libraries: pip install "
+                             f"'pyspark[connect]' ({exc})") from exc
+    _connect_sessions.append(spark)
+    wanted = {k: v for k, v in session_conf(cfg).items() if k in CONNECT_SESSION_CONF}
+    wanted.update(cfg.spark.conf)
+    for key, value in wanted.items():
+        try:
+            spark.conf.set(key, str(value))
+        except Exception as exc:  # a static setting: the server decides it
+            logging.getLogger(__name__).debug(f"{key} left to the Connect server: {exc}")
+    return spark
+
+
+_connect_sessions: list = []
+
+
+def interrupt_connect_work() -> None:
+    """After Ctrl-C in a Spark Connect client: ask the server to stop what this process
+    started (on a classic session PySpark's own SIGINT handler cancels the jobs)."""
+    for spark in _connect_sessions:
+        with contextlib.suppress(Exception):
+            spark.interruptAll()
+
+
+def metastore_in_use(cfg: Config) -> None:
+    """Fail in one line, before a JVM starts, when another process holds the embedded
+    (Derby) metastore: Derby admits one process, and the alternative is pages of
+    ``XSDB6`` traces. Derby holds a lock on ``dbex.lck`` while the database is booted."""
+    if cfg.spark.catalog != "hive":
+        return
+    lock = Path(cfg.spark.metastore_dir) / "dbex.lck"
+    if not lock.exists():
+        return
+    import fcntl
+    try:
+        with open(lock, "rb+") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                from .errors import MetastoreBusy
+                raise MetastoreBusy(
+                    f"the metastore of {cfg.state_dir} is in use by another process (an "
+                    f"embedded metastore admits one at a time): wait for it to finish, or run "
+                    f"`sparkeras server start` so that commands and analysts share one "
+                    f"server") from None
+            fcntl.lockf(f, fcntl.LOCK_UN)
+    except OSError:
+        return     # cannot tell (permissions): let Spark try
 
 
 @contextlib.contextmanager

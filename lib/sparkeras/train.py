@@ -53,7 +53,7 @@ def train(spark, job: TrainingJob) -> dict:
     cfg = job.cfg
     if cfg.train.feed == "petastorm":     # fail before any work when it cannot import
         from .training import petastorm_feed
-        petastorm_feed.import_petastorm()
+        petastorm_feed.require(spark)
     configure_tensorflow(cfg.tensorflow.intra_op_threads, cfg.tensorflow.inter_op_threads)
     tracking.setup_mlflow(cfg)
     tracking.use_experiment(cfg, job.workload)
@@ -166,8 +166,8 @@ def _fit(cfg: Config, spec: dict, spark=None):
         finally:   # the dtype policy is process-wide: leave it as it was
             keras.mixed_precision.set_global_policy(previous)
         return model, {**result, "attempts": 1, "all_workers": [result]}
-    results = launcher.run_workers(spark, spec, str(Path(spec["output_dir"]).parent / "_spec.json"),
-                                   workers, cfg.train.max_attempts)
+    results = launcher.run_workers(spark, spec, workers, cfg.train.max_attempts,
+                                   cfg.train.slot_wait_seconds)
     model = build_from_spec(spec["model"])
     model.optimizer.build(model.trainable_variables)  # saved with its slots, as on the workers
     worker.load_final_weights(model, spec["output_dir"])
@@ -259,6 +259,7 @@ def _fit_log_register(spark, cfg: Config, job: TrainingJob, cache: feed.Cache) -
            "epochs_run": epochs_run, "workers": tcfg.workers, "attempts": fit["attempts"],
            "resumed_from_epoch": fit["resumed_from_epoch"],
            "weights_digests": [w["weights_digest"] for w in fit["all_workers"]],
+           "worker_gpus": [w["cuda_visible_devices"] for w in fit["all_workers"]],
            "rows": cache.rows, "labels": list(labels), "task": job.task,
            "settings": chosen.summary(),
            "test_metrics": {k: round(v, 6) if isinstance(v, float) else v

@@ -33,11 +33,22 @@ def import_petastorm():
     return petastorm_spark
 
 
+def require(spark):
+    """The ``petastorm.spark`` module, or a clear error when this feed cannot run with
+    ``spark``: a Spark Connect session (no SparkContext), or a stack petastorm cannot import."""
+    from ..session import is_connect
+    if is_connect(spark):
+        raise UsageError("train.feed: petastorm needs a classic Spark session (its converter "
+                         "works through the SparkContext, which Spark Connect does not "
+                         "have): use train.feed: arrow on Spark Connect and serverless")
+    return import_petastorm()
+
+
 def materialize(spark, cache_root: str, rows: int, decoder, pipelines: int) -> dict:
     """Convert the cache's train split (``rows`` rows) with ``make_spark_converter``; return
     what workers need to reopen the converter (JSON): its folder, files and row count."""
     from ..session import temporary_conf
-    ps = import_petastorm()
+    ps = require(spark)
     df = spark.read.parquet(os.path.join(cache_root, "split=train")).select(*decoder.columns, "label")
     # At least a few row groups per worker: petastorm shards by row group.
     group_bytes = max(16 << 10, min(32 << 20, rows * decoder.row_bytes // (4 * pipelines)))

@@ -24,7 +24,6 @@ import numpy as np
 
 from . import feed, loop, petastorm_feed
 
-RESULT = "result-{rank}.json"
 FINAL_WEIGHTS = "final.weights.npz"
 log = logging.getLogger(__name__)
 
@@ -112,12 +111,13 @@ def run(spec: dict, strategy, rank: int, n_workers: int):
             np.savez(f, *weights)
         os.replace(out / (FINAL_WEIGHTS + ".tmp"), out / FINAL_WEIGHTS)
     summary = {"rank": rank, "workers": n_workers, "replicas": strategy.num_replicas_in_sync,
+               # the GPUs this worker was given (barrier tasks: Spark's assignment)
+               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                "steps_per_epoch": spec["steps_per_epoch"], "global_batch": spec["global_batch"],
                "history": result.history, "epochs_run": result.epochs_run,
                "resumed_from_epoch": result.resumed_from_epoch, "best_epoch": result.best_epoch,
                "train_seconds": result.train_seconds,
                "weights_digest": loop.weights_digest(model)}
-    (out / RESULT.format(rank=rank)).write_text(json.dumps(summary))
     return summary, model
 
 
@@ -127,7 +127,8 @@ def load_final_weights(model, output_dir: str) -> None:
 
 
 def main(argv=None) -> int:
-    """Entry point of a barrier worker process: ``TF_CONFIG`` names the cluster."""
+    """Entry point of a barrier worker process: ``worker SPEC_JSON RESULT_JSON``;
+    ``TF_CONFIG`` names the cluster."""
     argv = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(argv[0]).read_text())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -140,7 +141,11 @@ def main(argv=None) -> int:
     task = json.loads(os.environ["TF_CONFIG"])["task"]
     n_workers = len(json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"])
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    run(spec, strategy, int(task["index"]), n_workers)
+    summary, _ = run(spec, strategy, int(task["index"]), n_workers)
+    tmp = argv[1] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f)
+    os.replace(tmp, argv[1])
     return 0
 
 

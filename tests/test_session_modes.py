@@ -1,0 +1,39 @@
+"""Which session a command gets (embedded, Spark Connect, a running `sparkeras server`) and
+the one-line error when another process holds the embedded metastore."""
+import json
+import subprocess
+import sys
+
+from sparkeras.config import load_config
+from sparkeras.session import is_connect, remote_url
+
+
+def test_remote_comes_from_the_setting_then_the_environment_then_a_running_server(
+        tmp_path, monkeypatch):
+    cfg = load_config(None, [f"state_dir={tmp_path}"])
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    assert remote_url(cfg) is None                       # nothing: the embedded session
+    (tmp_path / "server.json").write_text(json.dumps(
+        {"pid": 2 ** 22 + 1, "connect_url": "sc://127.0.0.1:1"}))
+    assert remote_url(cfg) is None                       # a server that no longer runs
+    monkeypatch.setenv("SPARK_REMOTE", "sc://env:15002")
+    assert remote_url(cfg) == "sc://env:15002"
+    cfg = load_config(None, [f"state_dir={tmp_path}", "spark.remote=sc://conf:15002"])
+    assert remote_url(cfg) == "sc://conf:15002"
+
+
+def test_the_embedded_session_is_not_connect(spark):
+    assert not is_connect(spark)
+
+
+def test_a_held_metastore_is_one_line_naming_the_server(spark, cfg):
+    spark.sql("SHOW TABLES").collect()          # this test run's JVM has booted the metastore
+    proc = subprocess.run([sys.executable, "-m", "sparkeras.cli", "--set",
+                           f"state_dir={cfg.state_dir}", "sql", "SELECT 1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"sparkeras: error: the metastore of {cfg.state_dir} is in use by another process "
+        f"(an embedded metastore admits one at a time): wait for it to finish, or run "
+        f"`sparkeras server start` so that commands and analysts share one server"]
+    assert "XSDB6" not in proc.stderr and proc.stdout == ""
