@@ -11,7 +11,7 @@ COMPAT_PY    := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.sparkeras-installed
 
 .PHONY: help run test test-fast lint test-compat setup setup-compat java bench bench-images \
-	bench-train bench-feeds clean spark-sql
+	bench-stages bench-train bench-feeds clean spark-sql
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -64,6 +64,9 @@ bench: setup  ## scoring benchmark, incidents (bench/results/)
 
 bench-images: setup  ## scoring benchmark, images
 	$(PY) bench/score_images.py
+
+bench-stages: setup  ## whole commands (score, ingest) beside their floor jobs
+	$(PY) bench/stages.py
 
 bench-train: setup  ## training throughput, 1 and 2 workers
 	$(PY) bench/train_scaling.py

@@ -1,0 +1,202 @@
+"""Benchmark: the stages as users run them, each a whole command in a new process, beside
+its floor job (``bench/floors.py``), on the embedded defaults.
+
+Run by hand (``make bench-stages`` or ``python bench/stages.py``). One state folder is
+prepared through the CLI (a trained incident model, an ``--score-rows`` table to score and
+an ``--ingest-rows`` CSV export to ingest), then, alternating sparkeras and floor, each
+command runs ``--repeats`` times (median reported):
+
+- ``sparkeras score incidents`` on the table  vs  read, pass-through pandas UDF, saveAsTable;
+- ``sparkeras ingest incidents`` of the CSV   vs  Spark's CSV reader (fixed schema) to a table.
+
+For each run: wall seconds of the whole process and the peak resident memory of its process
+group (the CLI, its JVM and Python workers, sampled every 0.2 s). One extra run of each
+sparkeras command writes Spark's event log; the results hold its breakdown: seconds from
+process start to the first job, each job's span, and what follows the last job. Results:
+``bench/results/stages-<UTC time>.json``, summarised in docs/performance.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _common import ROOT, log, write_results
+
+PY = sys.executable
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of every live process of group ``pgid``, in MiB (Linux /proc)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1024
+
+
+def run(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd`` in its own process group; wall seconds, peak group RSS, last stdout line."""
+    peak = [0.0]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, **(env or {})},
+                            cwd=tempfile.gettempdir())
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], group_rss_mb(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{err[-3000:]}")
+    last = out.strip().splitlines()[-1] if out.strip() else "{}"
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak[0]), "summary": json.loads(last)}
+
+
+def sparkeras(state: str, *args: str, conf: str = "") -> list[str]:
+    sets = ["--set", f"state_dir={state}"]
+    if conf:
+        sets += ["--set", f"spark.conf={conf}"]
+    return [PY, "-m", "sparkeras.cli", *sets, *args]
+
+
+def floor(state: str, *args: str) -> list[str]:
+    return [PY, str(ROOT / "bench" / "floors.py"), "--state", state, *args]
+
+
+def breakdown(event_dir: Path, started_at: float) -> dict:
+    """From one run's Spark event log: seconds from the process start to the application
+    start and to the first job, each job's span, the time after the last job."""
+    (path,) = [p for p in event_dir.iterdir() if p.is_file()]
+    app_start = app_end = None
+    jobs: dict = {}
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        kind = event.get("Event")
+        if kind == "SparkListenerApplicationStart":
+            app_start = event["Timestamp"] / 1000
+        elif kind == "SparkListenerApplicationEnd":
+            app_end = event["Timestamp"] / 1000
+        elif kind == "SparkListenerJobStart":
+            props = event.get("Properties") or {}
+            desc = props.get("spark.job.description") or props.get("callSite.short") or ""
+            jobs[event["Job ID"]] = {"start": event["Submission Time"] / 1000,
+                                     "what": desc[:80]}
+        elif kind == "SparkListenerJobEnd":
+            jobs[event["Job ID"]]["end"] = event["Completion Time"] / 1000
+    spans = sorted(jobs.values(), key=lambda j: j["start"])
+    first = spans[0]["start"] if spans else None
+    last = max((j.get("end", j["start"]) for j in spans), default=None)
+    return {"to_session_start_s": round(app_start - started_at, 2) if app_start else None,
+            "session_to_first_job_s": round(first - app_start, 2) if first and app_start else None,
+            "jobs": [{"what": j["what"], "at_s": round(j["start"] - started_at, 2),
+                      "seconds": round(j.get("end", j["start"]) - j["start"], 2)} for j in spans],
+            "jobs_total_s": round(sum(j.get("end", j["start"]) - j["start"] for j in spans), 2),
+            "after_last_job_s": round(app_end - last, 2) if app_end and last else None}
+
+
+def traced(cmd_args: list[str], state: str) -> dict:
+    """One more run of a sparkeras command with Spark's event log on: its breakdown."""
+    events = Path(tempfile.mkdtemp(prefix="sparkeras-events-"))
+    conf = f"{{spark.eventLog.enabled: 'true', spark.eventLog.dir: 'file://{events}'}}"
+    started = time.time()
+    result = run(sparkeras(state, *cmd_args, conf=conf))
+    out = {"seconds": result["seconds"], **breakdown(events, started)}
+    shutil.rmtree(events, ignore_errors=True)
+    return out
+
+
+def prepare(state: str, args) -> None:
+    """A trained incident model, the table to score and the CSV export to ingest."""
+    Path(state).mkdir(parents=True, exist_ok=True)
+    log(f"preparing {state}: a model, a {args.score_rows:,}-row table, a "
+        f"{args.ingest_rows:,}-row CSV export")
+    run(sparkeras(state, "generate", "incidents", "--rows", "50000", "--out", f"{state}/small"))
+    run(sparkeras(state, "ingest", "incidents", "--source", f"{state}/small", "--table", "small"))
+    run(sparkeras(state, "train", "incidents", "--table", "small", "--epochs", "2"))
+    run(sparkeras(state, "generate", "incidents", "--rows", str(args.score_rows), "--out",
+                  f"{state}/big", "--format", "parquet", "--unlabeled"))
+    run(sparkeras(state, "ingest", "incidents", "--source", f"{state}/big", "--table", "big",
+                  "--format", "parquet"))
+    run(sparkeras(state, "generate", "incidents", "--rows", str(args.ingest_rows), "--out",
+                  f"{state}/export"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--score-rows", type=int, default=4_000_000)
+    ap.add_argument("--ingest-rows", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--stages", default="score_incidents,ingest_incidents")
+    ap.add_argument("--state", help="a state folder prepared by an earlier run (kept); "
+                    "by default a new one, removed at the end")
+    args = ap.parse_args()
+    state = args.state or tempfile.mkdtemp(prefix="sparkeras-stages-")
+    if args.state and Path(state, "export").exists():
+        log(f"reusing the prepared {state}")
+    else:
+        prepare(state, args)
+    stages = {
+        "score_incidents": (["score", "incidents", "--table", "big", "--output", "scores"],
+                            ["score-incidents", "--table", "big", "--output", "floor_scores"]),
+        "ingest_incidents": (["ingest", "incidents", "--source", f"{state}/export", "--table",
+                              "ingested"],
+                             ["ingest-incidents", "--source", f"{state}/export", "--table",
+                              "floor_ingested"]),
+    }
+    results: dict = {}
+    for name in args.stages.split(","):
+        ours, theirs = stages[name]
+        runs: dict = {"sparkeras": [], "floor": []}
+        for i in range(args.repeats):
+            for method, cmd in (("sparkeras", sparkeras(state, *ours)),
+                                ("floor", floor(state, *theirs))):
+                r = run(cmd)
+                runs[method].append(r)
+                log(f"{name} {method} run {i + 1}: {r['seconds']:.1f} s, peak {r['peak_rss_mb']} MiB")
+        median = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+        results[name] = {
+            "median_seconds": median,
+            "ratio_floor_over_sparkeras": round(median["floor"] / median["sparkeras"], 3),
+            "peak_rss_mb": {m: max(r["peak_rss_mb"] for r in rs) for m, rs in runs.items()},
+            "runs": runs,
+            "breakdown": traced(ours, state),
+        }
+        log(f"{name}: sparkeras {median['sparkeras']:.1f} s, floor {median['floor']:.1f} s, "
+            f"ratio {results[name]['ratio_floor_over_sparkeras']:.2f}x")
+    write_results("stages", {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                             "score_rows": args.score_rows, "ingest_rows": args.ingest_rows,
+                             "repeats": args.repeats, "stages": results})
+    if not args.state:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
