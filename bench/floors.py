@@ -16,6 +16,8 @@ import json
 import sys
 import time
 
+import pandas as pd  # module level: the UDF's type hints name it
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,7 +38,6 @@ def main() -> int:
     cfg = load_config(None, [f"state_dir={args.state}"])
     spark = get_spark(cfg)
     if args.job == "score-incidents":
-        import pandas as pd
         from pyspark.sql import functions as F
         from pyspark.sql.functions import pandas_udf
 
