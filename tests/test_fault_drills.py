@@ -258,9 +258,15 @@ def test_sigkill_of_the_command_during_its_write_never_leaves_a_partial_batch(st
     the other batches are untouched; the same command then finishes (taking over the dead
     command's lock)."""
     if command == "score":
+        if not sql(state, "SHOW TABLES LIKE 'late'"):     # run alone: the ingest drill's table
+            src = tmp_path / "late"
+            sparkeras(state, "generate", "incidents", "--rows", "50000", "--out", str(src),
+                      "--seed", "9")
+            sparkeras(state, "ingest", "incidents", "--source", str(src), "--table", "late")
         sparkeras(state, "score", "incidents", "--table", "late", "--output", "scores")
         table, column, n = "scores", "batch_id", ROWS
         args = ["score", "incidents", "--table", "incidents", "--output", "scores"]
+        sparkeras(state, *args)
     else:
         table, column, n = "twice", "ingest_batch_id", ROWS
         args = ["ingest", "incidents", "--source", str(state / "export"), "--table", table]

@@ -133,6 +133,34 @@ def test_regression_scores_and_the_daily_view_averages(spark, regression):
         assert answer.predicted_progression[i] == pytest.approx(expected[row.ID], rel=1e-5)
 
 
+def test_rows_the_model_cannot_score_are_quarantined_and_their_batch_replaced(spark, regression):
+    """BMI = 1e300 is a number, but not in float32: the model has no finite prediction for
+    it. Such a row goes to the quarantine with that reason; a batch made only of such rows
+    no longer holds its earlier scores."""
+    c, result = regression
+
+    def score_with(bmi_of_4):
+        bmi = (F.when(F.col("ID") == 3, F.lit(1e300)).when(F.col("ID") == 4, F.lit(bmi_of_4))
+               .otherwise(F.col("BMI")))
+        (spark.table("diabetes").where("ID IN (1, 2, 3, 4)").withColumn("BMI", bmi)
+         .withColumn("ingest_batch_id", F.when(F.col("ID") == 4, "b2").otherwise("b1"))
+         .write.mode("overwrite").saveAsTable("refused_in"))
+        r = score_tabular(spark, c, "default.refused_in", "default.refused_out",
+                          f"models:/diabetes/{result['model_version']}")
+        return (r.input_rows, r.scored_rows, r.quarantined_rows), {
+            (q.ID, q.batch_id): q.reason for q in spark.table("refused_out_quarantine").collect()}
+
+    counts, refused = score_with(30.0)
+    assert counts == (4, 3, 1)
+    assert refused == {(3, "b1"): "the model returned a non-finite prediction"}
+    assert spark.table("refused_out").where("batch_id = 'b2'").count() == 1
+    counts, refused = score_with(1e300)
+    assert counts == (4, 2, 2)
+    assert refused == {(3, "b1"): "the model returned a non-finite prediction",
+                       (4, "b2"): "the model returned a non-finite prediction"}
+    assert sorted(r.ID for r in spark.table("refused_out").collect()) == [1, 2]
+
+
 def test_a_worse_regression_model_stays_out_by_rmse(spark, regression, diabetes):
     c, first = regression
     schema, _ = diabetes

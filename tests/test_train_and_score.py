@@ -93,6 +93,20 @@ def test_scoring_reconciles_and_rerun_replaces(trained, spark, cfg):
         ELSE 'DATABASE_ISSUE' END""").count() == 0
     daily = spark.sql("select sum(incidents) from tr_scores_daily").first()[0]
     assert daily == 12000
+    # Scored by the model's registered numpy forward pass: the Keras model's own numbers.
+    import numpy as np
+
+    from sparkeras.scoring import resolve_model
+    from sparkeras.serving import load_keras
+    model = resolve_model(cfg, None, MODEL)
+    assert model.forward_plan
+    assert model.metadata["numpy_forward"]["max_abs_difference"] <= 1e-5
+    probs = [f"probability_{c}" for c in incidents.LABELS]
+    rows = (out.join(spark.table("tr_incidents"), "ID").orderBy("ID").limit(500)
+            .select(*incidents.FEATURES, *probs).toPandas())
+    keras_probs = load_keras(model.uri).predict_on_batch(
+        rows[incidents.FEATURES].to_numpy(np.float32))
+    np.testing.assert_allclose(rows[probs].to_numpy(), keras_probs, rtol=0, atol=1e-6)
 
 
 def test_unscorable_rows_go_to_quarantine(trained, spark, cfg):

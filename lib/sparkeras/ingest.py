@@ -115,7 +115,9 @@ def ingest(spark, job: IngestJob, source: str, table: str,
         records = _mark_keys_seen_elsewhere(spark, records, table, batch_id, job.key)
         # Read and validate once; cut the lineage (the table is read above, written below).
         records = records.localCheckpoint(eager=True)
-    input_rows = records.count()
+    # One pass over the checkpoint: how many records, and how many of them are valid.
+    outcome = {r[0]: r[1] for r in records.groupBy(F.col("reason").isNull()).count().collect()}
+    input_rows = sum(outcome.values())
     if job.one_record_per_file and input_rows != len(files.paths):
         raise ReconciliationError(f"{len(files.paths)} files in {source} but {input_rows} "
                                   f"records")
@@ -127,8 +129,10 @@ def ingest(spark, job: IngestJob, source: str, table: str,
     bad = records.where(F.col("reason").isNotNull()).select(
         *job.quarantine_columns, now.alias("quarantined_at"), F.lit(batch_id).alias(INGEST_BATCH))
     log.info(f"writing {table} and {qtable}")
-    tables.write_batches(spark, valid, table, INGEST_BATCH, [batch_id], job.table_format)
-    tables.write_batches(spark, bad, qtable, INGEST_BATCH, [batch_id], job.table_format)
+    tables.write_batches(spark, valid, table, INGEST_BATCH, [batch_id], job.table_format,
+                         written=[batch_id] if outcome.get(True) else [])
+    tables.write_batches(spark, bad, qtable, INGEST_BATCH, [batch_id], job.table_format,
+                         written=[batch_id] if outcome.get(False) else [])
     valid_rows, quarantined = _reconcile(spark, table, qtable, batch_id, input_rows)
     if job.table_properties:
         tables.set_properties(spark, table, job.table_properties)

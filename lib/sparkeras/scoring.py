@@ -15,6 +15,7 @@ Performance rules, measured in ``bench/score_incidents.py`` and ``bench/score_im
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import re
@@ -46,6 +47,17 @@ class ResolvedModel:
     input_shape: tuple = ()         # images: (height, width, channels)
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
     threads: int = 1                # TensorFlow threads of each Python worker that runs it
+    # tabular models: the numpy forward pass (mlp_forward), shipped with the task so that
+    # workers import neither TensorFlow nor MLflow
+    forward_plan: bytes = field(default=b"", compare=False, hash=False, repr=False)
+    # other models: the saved Keras model (``model.keras``) when it is small enough to
+    # travel with the task (:data:`SHIP_MAX_BYTES`); empty: workers load it from the registry
+    keras_file: bytes = field(default=b"", compare=False, hash=False, repr=False)
+
+
+# Larger models are loaded by each worker from the registry (storage every node shares)
+# instead of travelling inside the task: Spark Connect caps a plan at 128 MiB.
+SHIP_MAX_BYTES = 64 * 1024 * 1024
 
 
 def resolve_model(cfg: Config, model_uri: Optional[str], default_name: str) -> ResolvedModel:
@@ -67,14 +79,24 @@ def resolve_model(cfg: Config, model_uri: Optional[str], default_name: str) -> R
         m = re.fullmatch(r"models:/([^/@]+)/(\d+)", uri)
         if m:
             name, version = m.group(1), m.group(2)
-    meta = get_model_info(uri).metadata or {}
+    info = get_model_info(uri)
+    meta = info.metadata or {}
     if "labels" not in meta:
         raise DataError(f"model {uri} has no sparkeras metadata (labels): it was not "
                          f"trained by sparkeras")
+    # What the workers need of the model travels with the task, downloaded once here.
+    from .serving import KERAS_FILE, download
+    plan = keras_file = b""
+    if isinstance(meta.get("numpy_forward"), dict):
+        plan = download(uri, meta["numpy_forward"]["file"])
+    elif "tensorflow" not in info.flavors:
+        keras_file = download(uri, f"artifacts/{KERAS_FILE}")
+        if len(keras_file) > SHIP_MAX_BYTES:
+            keras_file = b""
     return ResolvedModel(uri, name, version, meta.get("workload", ""), tuple(meta["labels"]),
                          cfg.mlflow.tracking_uri, cfg.mlflow.registry(),
                          tuple(meta.get("features", [])), tuple(meta.get("input_shape", [])),
-                         dict(meta), cfg.score.worker_threads)
+                         dict(meta), cfg.score.worker_threads, plan, keras_file)
 
 
 def check_workload(model: ResolvedModel, workload: str) -> None:
@@ -116,16 +138,65 @@ def keras_forward(model: ResolvedModel, inputs: dict):
     return ModelCache.get(key, lambda: _load_forward(model, inputs))
 
 
+def numpy_forward(model: ResolvedModel):
+    """The cached numpy forward pass of a tabular ``model`` that has one
+    (``model.forward_plan``): a dict of numpy arrays -> a numpy array."""
+    from . import mlp_forward
+
+    def load():
+        plan = mlp_forward.from_bytes(model.forward_plan)
+        return lambda x: mlp_forward.forward(plan, x)
+    return ModelCache.get(("numpy", model.uri, model.tracking_uri), load)
+
+
+class FirstPrediction:
+    """Opt-in timing of a Python worker's model start: with ``$SPARKERAS_WORKER_TIMINGS``
+    set to a file path, each UDF appends one JSON line per task, with the seconds from its
+    first input batch to its first prediction (model loading included). Local mode and
+    clusters whose executors inherit that environment variable."""
+
+    def __init__(self):
+        import os
+        import time
+        self.path = os.environ.get("SPARKERAS_WORKER_TIMINGS")
+        self.started = time.perf_counter()
+        self.done = not self.path
+
+    def predicted(self) -> None:
+        if self.done:
+            return
+        import json
+        import os
+        import time
+        self.done = True
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "first_prediction_s":
+                                round(time.perf_counter() - self.started, 4)}) + "\n")
+
+
 def _load_forward(model: ResolvedModel, inputs: dict):
     from .tf_runtime import configure_tensorflow
     # Spark runs one Python worker per task slot: more TF threads only oversubscribe.
     tf = configure_tensorflow(model.threads, model.threads)
-    import mlflow
+    if model.keras_file:
+        import os
+        import tempfile
 
-    from .serving import load_keras
-    mlflow.set_tracking_uri(model.tracking_uri)
-    mlflow.set_registry_uri(model.registry_uri)
-    keras_model = load_keras(model.uri)
+        import keras
+        fd, path = tempfile.mkstemp(suffix=".keras", prefix="sparkeras-model-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(model.keras_file)
+            keras_model = keras.saving.load_model(path, compile=False)
+        finally:
+            os.unlink(path)
+    else:
+        import mlflow
+
+        from .serving import load_keras
+        mlflow.set_tracking_uri(model.tracking_uri)
+        mlflow.set_registry_uri(model.registry_uri)
+        keras_model = load_keras(model.uri)
     signature = {name: tf.TensorSpec((None, *shape), tf.string if dtype == "string" else dtype)
                  for name, (shape, dtype) in inputs.items()}
     (only,) = inputs if len(inputs) == 1 else (None,)
@@ -163,6 +234,8 @@ class ScoringJob:
     table_format: str = "parquet"
     arrow_batch_rows: int = 50000
     required_hint: str = ""            # said when the input lacks required columns
+    # the model refuses rows only exceptionally: write in one pass, no cache (see score)
+    single_pass: bool = False
 
 
 @dataclass
@@ -213,31 +286,61 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
     else:
         batch = F.lit(_default_batch(table))
     df = src.withColumn("_batch", batch).withColumn("_problem", job.problems(src))
-    batch_ids = sorted(r[0] for r in df.select("_batch").distinct().collect())
+    # One pass over the input: its batches, and per batch how many rows can be scored.
+    counts = {(r[0], r[1]): r[2] for r in df.groupBy(
+        "_batch", F.col("_problem").isNull()).count().collect()}
+    batch_ids = sorted({b for b, _ in counts})
+    input_rows = sum(counts.values())
+    invalid_batches = {b for b, ok in counts if not ok}
     qtable = tables.quarantine_name(output)
     model = job.model
     log.info(f"scoring {table} with {model.name} version {model.version} into {output}")
 
+    # One time for the whole run, known here: it also tells this run's rows from older ones.
+    now = F.lit(datetime.datetime.now())
+    lineage = [F.lit(model.name).alias("model_name"),
+               F.lit(model.version).alias("model_version")]
     with temporary_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                                 job.arrow_batch_rows}):
-        scored = job.predict(df.where(F.col("_problem").isNull())).persist(
-            StorageLevel.MEMORY_AND_DISK)
-        now = F.current_timestamp()
-        lineage = [F.lit(model.name).alias("model_name"),
-                   F.lit(model.version).alias("model_version")]
+        scored = job.predict(df.where(F.col("_problem").isNull()))
+        expected = {b: n for (b, ok), n in counts.items() if ok}   # rows given to the model
+        if job.single_pass:
+            # The model refuses rows only when it returns non-finite numbers (rare): score
+            # straight into the table, and look for refused rows only if some are missing.
+            scored_batches, failed_batches = set(expected), set()
+        else:
+            # Rows are often refused (undecodable images): one pass through the model fills
+            # a cache that both writes read.
+            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+            outcome = scored.groupBy("_batch", F.col("_reason").isNull()).count().collect()
+            scored_batches = {r[0] for r in outcome if r[1] and r[2]}
+            failed_batches = {r[0] for r in outcome if not r[1] and r[2]}
         out = scored.where(F.col("_reason").isNull()).select(
             *job.output_columns, *lineage, now.alias("scored_at"),
             F.col("_batch").alias(SCORE_BATCH))
+        tables.write_batches(spark, out, output, SCORE_BATCH, batch_ids, job.table_format,
+                             written=scored_batches)
+        if job.single_pass:
+            written = dict(spark.table(output).where(
+                F.col(SCORE_BATCH).isin(*batch_ids) & (F.col("scored_at") == now))
+                .groupBy(SCORE_BATCH).count().collect())
+            failed_batches = {b for b, n in expected.items() if written.get(b, 0) < n}
+            # a batch whose every row was refused wrote nothing: its older rows must go
+            tables.drop_batches(spark, output, SCORE_BATCH,
+                                [b for b in failed_batches if not written.get(b)],
+                                job.table_format)
         keep = [c for c in src.columns if c != "image"]      # never copy image bytes
         raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in keep]))
         failed = scored.where(F.col("_reason").isNotNull()).select(
             *df.columns[:-1], F.col("_reason").alias("_problem"))
-        bad = (df.where(F.col("_problem").isNotNull()).unionByName(failed)
+        invalid = df.where(F.col("_problem").isNotNull())
+        bad = ((invalid.unionByName(failed) if failed_batches else invalid)
                .select(F.col(job.key), raw.alias("raw_record"), F.col("_problem").alias("reason"),
                        *lineage, now.alias("quarantined_at"), F.col("_batch").alias(SCORE_BATCH)))
-        tables.write_batches(spark, out, output, SCORE_BATCH, batch_ids, job.table_format)
-        tables.write_batches(spark, bad, qtable, SCORE_BATCH, batch_ids, job.table_format)
-        scored.unpersist()
+        tables.write_batches(spark, bad, qtable, SCORE_BATCH, batch_ids, job.table_format,
+                             written=invalid_batches | failed_batches)
+        if not job.single_pass:
+            scored.unpersist()
 
     daily = f"{output}_daily"
     label = f"{job.daily_label}, " if job.daily_label else ""
@@ -245,8 +348,8 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
                        f"SELECT to_date(scored_at) AS day, {label}COUNT(*) AS {job.daily_count}, "
                        f"AVG({job.daily_average}) AS avg_{job.daily_average} FROM {output} "
                        f"GROUP BY to_date(scored_at){', ' + job.daily_label if label else ''}")
+    # Reconciled against what the tables now hold, not against the counts above.
     in_batches = F.col(SCORE_BATCH).isin(*batch_ids)
-    input_rows = df.count()
     scored_rows = spark.table(output).where(in_batches).count()
     quarantined = spark.table(qtable).where(in_batches).count()
     if scored_rows + quarantined != input_rows:

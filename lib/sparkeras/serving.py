@@ -8,6 +8,7 @@ A model's ``config`` (the pyfunc's ``model_config``) says what it takes and retu
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from importlib import metadata as _metadata
@@ -19,6 +20,8 @@ KERAS_FILE = "model.keras"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 IMAGE_CODE = Path(__file__).parent / "workloads" / "image_formats.py"
 TOP_K = 3
+
+log = logging.getLogger(__name__)
 
 
 def tabular_config(schema, labels) -> dict:
@@ -100,14 +103,34 @@ def pip_requirements(config: dict) -> list[str]:
 
 def log_model(keras_model, config: dict, example, registered_model_name: str,
               metadata: dict):
-    """Log ``keras_model`` as the sparkeras pyfunc in the active run and register it."""
+    """Log ``keras_model`` as the sparkeras pyfunc in the active run and register it.
+
+    A tabular model also gets its numpy forward pass (:mod:`.mlp_forward`), registered
+    only when it gives the Keras model's outputs; ``metadata["numpy_forward"]`` then says
+    how close they were."""
     import mlflow
+
+    from . import mlp_forward
     with tempfile.TemporaryDirectory(prefix="sparkeras-model-") as tmp:
         path = os.path.join(tmp, KERAS_FILE)
         keras_model.save(path)
+        artifacts = {"keras_model": path}
+        plan = mlp_forward.export(keras_model, config)
+        if plan is not None:
+            diff = mlp_forward.max_difference(plan, keras_model,
+                                              mlp_forward.random_inputs(config, plan))
+            if diff <= mlp_forward.TOLERANCE:
+                plan_path = os.path.join(tmp, mlp_forward.PLAN_FILE)
+                Path(plan_path).write_bytes(mlp_forward.to_bytes(plan))
+                artifacts["numpy_forward"] = plan_path
+                metadata = {**metadata, "numpy_forward": {
+                    "file": f"artifacts/{mlp_forward.PLAN_FILE}", "max_abs_difference": diff}}
+            else:
+                log.warning(f"the numpy forward pass differs from the Keras model by {diff:.3g} "
+                            f"(more than {mlp_forward.TOLERANCE}): scoring will use TensorFlow")
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_FILE),
-            artifacts={"keras_model": path}, model_config=config,
+            artifacts=artifacts, model_config=config,
             code_paths=[str(IMAGE_CODE)] if config["kind"] == "image" else None,
             signature=signature(config), input_example=example,
             pip_requirements=pip_requirements(config),
@@ -126,3 +149,10 @@ def load_keras(uri: str):
     with tempfile.TemporaryDirectory(prefix="sparkeras-model-") as tmp:
         path = ModelsArtifactRepository(uri).download_artifacts(f"artifacts/{KERAS_FILE}", tmp)
         return keras.saving.load_model(path, compile=False)
+
+
+def download(uri: str, artifact: str) -> bytes:
+    """The bytes of one file of a registered model (``artifacts/model.keras``, ...)."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    with tempfile.TemporaryDirectory(prefix="sparkeras-model-") as tmp:
+        return Path(ModelsArtifactRepository(uri).download_artifacts(artifact, tmp)).read_bytes()

@@ -6,7 +6,7 @@ batches that now have no rows); Delta tables use ``replaceWhere`` in one transac
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 from .errors import DataError
 from .session import temporary_conf
@@ -44,15 +44,19 @@ def ensure_database(spark, table: str) -> None:
 
 
 def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str],
-                  fmt: str) -> None:
+                  fmt: str, written: Optional[Iterable[str]] = None) -> None:
     """Replace batches ``batch_ids`` of ``table`` with the rows of ``df``.
 
     ``df`` must hold only rows of those batches, with ``batch_col`` as its last column.
     The table is created, partitioned by ``batch_col``, when it does not exist.
+    ``written``: the batches that have rows in ``df``, when the caller has counted them
+    (saves a pass over ``df``; none: ``df`` is not read at all).
     """
     batch_ids = sorted(set(batch_ids))
     if df.columns[-1] != batch_col:
         raise ValueError(f"the batch column {batch_col!r} must be the last column of the data")
+    if written is not None and not set(written):
+        df = df.limit(0)                 # nothing to write: no need to compute ``df``
     if not table_exists(spark, table):
         ensure_database(spark, table)
         df.write.format(fmt).partitionBy(batch_col).saveAsTable(table)
@@ -68,16 +72,26 @@ def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str
         (df.write.format("delta").mode("overwrite")
          .option("replaceWhere", replace_where(batch_col, batch_ids)).saveAsTable(table))
         return
-    written = {r[0] for r in df.select(batch_col).distinct().collect()}
+    written = set(written) if written is not None else \
+        {r[0] for r in df.select(batch_col).distinct().collect()}
     if not written <= set(batch_ids):
         raise ValueError(f"data holds batches {sorted(written - set(batch_ids))} not named for {table}")
     if written:
         # The writer option is ignored by insertInto; the session setting is honoured.
         with temporary_conf(spark, {"spark.sql.sources.partitionOverwriteMode": "dynamic"}):
             df.write.mode("overwrite").insertInto(table)
+    drop_batches(spark, table, batch_col, [b for b in batch_ids if b not in written], fmt)
+
+
+def drop_batches(spark, table: str, batch_col: str, batch_ids: Iterable[str], fmt: str) -> None:
+    """Remove batches ``batch_ids`` of ``table`` (a write that had no rows for them)."""
+    batch_ids = sorted(set(batch_ids))
+    if fmt == "delta":
+        if batch_ids:
+            spark.sql(f"DELETE FROM {table} WHERE {replace_where(batch_col, batch_ids)}")
+        return
     for b in batch_ids:
-        if b not in written:
-            spark.sql(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`{batch_col}` = {sql_literal(b)})")
+        spark.sql(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`{batch_col}` = {sql_literal(b)})")
     spark.catalog.refreshTable(table)
 
 

@@ -240,7 +240,7 @@ def image_predict_udf(model, with_dims: bool = True, chunk_rows: int = 128):
     and the top-k class indices and probabilities."""
     from pyspark.sql.functions import pandas_udf
 
-    from ..scoring import keras_forward
+    from ..scoring import FirstPrediction, keras_forward
     shape = tuple(model.input_shape)
     k = min(TOP_K, len(model.labels))
     cols = top_k_columns(k)
@@ -250,8 +250,11 @@ def image_predict_udf(model, with_dims: bool = True, chunk_rows: int = 128):
 
     @pandas_udf(schema)
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        forward = keras_forward(model, {"image": (shape, "uint8")})
+        forward = None
         for pdf in batches:
+            if forward is None:
+                timer = FirstPrediction()
+                forward = keras_forward(model, {"image": (shape, "uint8")})
             dims = (pdf["height"], pdf["width"], pdf["channels"]) if with_dims else (None,) * 3
             x, positions, reasons = images_to_array(pdf["image"], *dims, shape)
             probs = np.concatenate([forward(x[i:i + chunk]) for i in range(0, len(x), chunk)]) \
@@ -268,6 +271,7 @@ def image_predict_udf(model, with_dims: bool = True, chunk_rows: int = 128):
                 prob[positions] = np.take_along_axis(probs, top[:, j:j + 1], axis=1)[:, 0]
                 out[f"top_{j + 1}_index"] = pd.arrays.IntegerArray(index, missing)
                 out[f"top_{j + 1}_probability"] = prob
+            timer.predicted()
             yield pd.DataFrame(out)
     return predict
 

@@ -289,7 +289,7 @@ def predict_udf(model, schema: TableSchema):
     (classification) or one ``prediction`` double (regression)."""
     from pyspark.sql.functions import pandas_udf
 
-    from ..scoring import keras_forward
+    from ..scoring import FirstPrediction, keras_forward, numpy_forward
     numeric = [f.name for f in schema.numeric]
     categorical = [f.name for f in schema.categorical]
     classification = schema.is_classification
@@ -301,14 +301,19 @@ def predict_udf(model, schema: TableSchema):
 
     @pandas_udf(schema_ddl)
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        forward = keras_forward(model, inputs)
+        forward = None
         for pdf in batches:
+            if forward is None:
+                timer = FirstPrediction()
+                forward = (numpy_forward(model) if model.forward_plan
+                           else keras_forward(model, inputs))
             x = {}
             if numeric:
                 x[FEATURES_INPUT] = pdf[numeric].to_numpy(dtype=np.float32)
             for c in categorical:
                 x[c] = pdf[c].to_numpy(dtype=object).reshape(-1, 1)
             p = forward(x)
+            timer.predicted()
             yield pd.DataFrame({n: p[:, i] for i, n in enumerate(names)}, copy=False)
     return predict
 
@@ -347,7 +352,8 @@ def predict_columns(df, model, schema: TableSchema):
     if not schema.is_classification:
         p = F.col("prediction")
         return (out.withColumn("prediction", F.col("_p.prediction")).drop("_p")
-                .withColumn("_reason", F.when(F.isnan(p) | p.isNull(), F.lit(
+                .withColumn("_reason", F.when(F.isnan(p) | p.isNull() |
+                                              (F.abs(p) == F.lit(float("inf"))), F.lit(
                     "the model returned a non-finite prediction"))))
     names = probability_columns(model.labels)
     out = out.select("*", *[F.col(f"_p.`{n}`").cast("double").alias(n) for n in names]).drop("_p")
@@ -389,4 +395,5 @@ def scoring_job(cfg, model, workload: Optional[str] = None):
         predict=lambda df: predict_columns(df, model, schema), output_columns=outputs,
         daily_label=prediction if classification else None, daily_count=schema.count_column,
         daily_average="confidence" if classification else prediction,
-        table_format=cfg.tables.format, arrow_batch_rows=cfg.score.arrow_batch_rows)
+        table_format=cfg.tables.format, arrow_batch_rows=cfg.score.arrow_batch_rows,
+        single_pass=True)
