@@ -12,7 +12,9 @@ command runs ``--repeats`` times (median reported):
 For each run: wall seconds of the whole process and the peak resident memory of its process
 group (the CLI, its JVM and Python workers, sampled every 0.2 s). One extra run of each
 sparkeras command writes Spark's event log; the results hold its breakdown: seconds from
-process start to the first job, each job's span, and what follows the last job. Results:
+process start to the first job, each job's span, and what follows the last job; for
+scoring, each task's seconds from its first input batch to its first prediction (model
+start included: ``$SPARKERAS_WORKER_TIMINGS``, see ``scoring.FirstPrediction``). Results:
 ``bench/results/stages-<UTC time>.json``, summarised in docs/performance.md.
 """
 from __future__ import annotations
@@ -125,10 +127,18 @@ def breakdown(event_dir: Path, started_at: float) -> dict:
 def traced(cmd_args: list[str], state: str) -> dict:
     """One more run of a sparkeras command with Spark's event log on: its breakdown."""
     events = Path(tempfile.mkdtemp(prefix="sparkeras-events-"))
-    conf = f"{{spark.eventLog.enabled: 'true', spark.eventLog.dir: 'file://{events}'}}"
+    # one plain file (Spark 4 rolls and compresses event logs by default)
+    conf = (f"{{spark.eventLog.enabled: 'true', spark.eventLog.dir: 'file://{events}', "
+            f"spark.eventLog.rolling.enabled: 'false', spark.eventLog.compress: 'false'}}")
+    timings = events.with_suffix(".timings")
     started = time.time()
-    result = run(sparkeras(state, *cmd_args, conf=conf))
+    result = run(sparkeras(state, *cmd_args, conf=conf),
+                 env={"SPARKERAS_WORKER_TIMINGS": str(timings)})
     out = {"seconds": result["seconds"], **breakdown(events, started)}
+    if timings.exists():      # scoring: each task's first batch to its first prediction
+        out["first_prediction_s"] = [json.loads(line)["first_prediction_s"]
+                                     for line in timings.read_text().splitlines()]
+        timings.unlink()
     shutil.rmtree(events, ignore_errors=True)
     return out
 
