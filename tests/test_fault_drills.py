@@ -90,13 +90,40 @@ def wait_until_gone(family: list[int], timeout: float) -> None:
         time.sleep(0.2)
 
 
-def kill_a_worker_midway(proc, settle: float = 1.5) -> int:
-    """Wait for a Python worker of ``proc`` to run a task, then SIGKILL it."""
-    workers = wait_for_workers(proc)
-    time.sleep(settle)                       # inside its task (TensorFlow loads, rows flow)
-    victims = [w for w in python_workers(proc.pid) if w in workers] or python_workers(proc.pid)
-    os.kill(victims[0], signal.SIGKILL)
-    return victims[0]
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of ``pid`` in clock ticks (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def kill_a_worker_midway(proc, min_ticks: int = 5, timeout: float = 240) -> int:
+    """SIGKILL a Python worker of ``proc`` while it is inside a task.
+
+    A worker is inside a task when it keeps using CPU: an idle worker waits on its socket
+    for the next task, and killing that one would cost Spark nothing (the task this drill
+    needs lost would already be done). So the victim is the first worker seen with at least
+    ``min_ticks`` of CPU time that grew since the previous look, ~10 ms earlier. Scoring a
+    small table with the numpy forward pass takes well under a second per task, which is why
+    a fixed wait before the kill is not enough."""
+    deadline = time.monotonic() + timeout
+    seen: dict[int, int] = {}
+    while True:
+        assert proc.poll() is None, (
+            "the command ended before any of its Python workers was seen inside a task: "
+            f"{proc.stderr.read()[-2000:]}")
+        for worker in python_workers(proc.pid):
+            ticks = cpu_ticks(worker)
+            if ticks >= min_ticks and ticks > seen.get(worker, ticks):
+                os.kill(worker, signal.SIGKILL)
+                return worker
+            seen[worker] = ticks
+        assert time.monotonic() < deadline, "no Python worker appeared"
+        time.sleep(0.01)
 
 
 def sql(state, query):
@@ -151,7 +178,7 @@ def test_a_killed_python_worker_costs_one_task_not_the_image_score(state, tmp_pa
               "--format", "idx")
     sparkeras(state, "train", "images", "--table", "digits", "--epochs", "1")
     proc = start(state, "score", "images", "--table", "digits", "--output", "digit_scores")
-    kill_a_worker_midway(proc, settle=1.0)
+    kill_a_worker_midway(proc)
     finished_exactly(state, proc, "score", "scored_rows", 1200, "digit_scores", "image_id")
 
 
@@ -160,7 +187,7 @@ def test_a_killed_python_worker_during_ingest_loses_no_record(state, tmp_path):
     sparkeras(state, "generate", "incidents", "--rows", "50000", "--out", str(src),
               "--seed", "9")
     proc = start(state, "ingest", "incidents", "--source", str(src), "--table", "late")
-    kill_a_worker_midway(proc, settle=0.5)
+    kill_a_worker_midway(proc)
     finished_exactly(state, proc, "ingest", "valid_rows", 50_000, "late", "ID")
 
 
