@@ -3,6 +3,9 @@ that survive the process, clear errors with exit codes."""
 import csv
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +66,26 @@ def test_tables_survive_the_process_and_sql_formats(demo_state):
         "unknown root cause 'DISK_FULL'"]
     proc = sparkeras(state, "sql", "SELECT SUM(incidents) AS total FROM incident_scores_daily")
     assert proc.stdout.split() == ["total", "3002"]
+
+
+def test_a_finished_command_has_released_the_metastore(demo_state, tmp_path):
+    """Commands run one after another (``ingest ... && train ...``) never find the embedded
+    metastore held by the previous command's JVM: the command waits for its JVM to end.
+    Output goes to files, as in a shell script: a pipe would make the caller wait for the
+    JVM too (it inherits the pipe), hiding the difference."""
+    from sparkeras.config import load_config
+    from sparkeras.session import metastore_in_use
+    state, _ = demo_state
+    cfg = load_config(None, [f"state_dir={state}"])
+    for query, code in (("SELECT COUNT(*) AS n FROM incidents", 0),
+                        ("SELECT nope FROM incidents", 1)):
+        with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+            returncode = subprocess.call(
+                [sys.executable, "-m", "sparkeras.cli", "--set", f"state_dir={state}",
+                 "--set", "spark.master=local[2]", "sql", query], stdout=out, stderr=err)
+        assert returncode == code, (tmp_path / "err").read_text()[-2000:]
+        assert (Path(cfg.spark.metastore_dir) / "dbex.lck").exists()   # Derby ran
+        metastore_in_use(cfg)                    # raises MetastoreBusy while a JVM holds it
 
 
 def test_configuration_error_exit_code_and_message(tmp_path):

@@ -74,6 +74,7 @@ def test_a_user_error_from_spark_is_one_line_with_exit_code_1(spark, tmp_path, c
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     (log_file,) = (tmp_path / "logs").glob("sparkeras-sql-*.log")
     assert "Traceback" in log_file.read_text()          # the full trace went to the log file
+    assert spark.range(3).count() == 3                  # the caller's session is still its own
 
 
 def test_a_configuration_error_exits_2_before_anything_runs(capsys):

@@ -377,6 +377,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     interrupts.watch()
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logs.setup(level, own_root=True)
+    from .session import end_embedded_jvm, spark_context_running
+    caller_has_spark = spark_context_running()    # a notebook or test calling main()
+    try:
+        return _main(args, level)
+    finally:
+        if not caller_has_spark:    # a finished command has released the embedded metastore
+            end_embedded_jvm()
+
+
+def _main(args, level) -> int:
+    from . import logs
     out = sys.stdout
     log_file = None
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -148,6 +149,58 @@ def interrupt_connect_work() -> None:
     for spark in _connect_sessions:
         with contextlib.suppress(Exception):
             spark.interruptAll()
+
+
+def spark_context_running() -> bool:
+    """Whether this process already has a classic SparkContext (a notebook's, a test's, a
+    Databricks driver's), without importing PySpark when nothing has."""
+    if "pyspark" not in sys.modules:
+        return False
+    from pyspark import SparkContext
+    return SparkContext._active_spark_context is not None
+
+
+def end_embedded_jvm(timeout: float = 30.0) -> None:
+    """Stop the Spark session this process started and wait until its JVM has exited.
+
+    PySpark's JVM exits on its own only after the Python process is gone (it watches its
+    stdin), and its shutdown takes a second or more: until then it holds the embedded Derby
+    metastore, so a command started right after this one (``sparkeras ingest ... &&
+    sparkeras train ...``) would find the metastore in use. So the session is stopped
+    (which also ends the driver's accumulator server before the JVM goes, or it prints EOF
+    traces), the JVM's stdin closed (its own signal to exit) and the JVM waited for: a
+    finished command means a released metastore. Only for a JVM this process launched (not
+    on Spark Connect, nor on a Databricks driver, where PySpark attaches to a running JVM);
+    the caller decides whether the session is its to end (:func:`sparkeras.cli.main` ends
+    only one it started)."""
+    if "pyspark" not in sys.modules:       # this process never started Spark
+        return
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+    proc = getattr(SparkContext._gateway, "proc", None)
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(Exception):
+        session = SparkSession.getActiveSession()
+        if session is not None:
+            session.stop()
+        elif SparkContext._active_spark_context is not None:
+            SparkContext._active_spark_context.stop()
+    with contextlib.suppress(OSError, ValueError):
+        proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:      # never wait on a JVM forever
+        logging.getLogger(__name__).warning(
+            f"the Spark JVM (pid {proc.pid}) did not exit within {timeout:.0f} s: killing it")
+        with contextlib.suppress(OSError):
+            proc.kill()
+    except KeyboardInterrupt:              # Ctrl-C again while waiting: do not wait
+        with contextlib.suppress(OSError):
+            proc.kill()
+    # a later session in this process launches a new JVM instead of using the ended one
+    SparkContext._gateway = None
+    SparkContext._jvm = None
 
 
 def metastore_in_use(cfg: Config) -> None:
