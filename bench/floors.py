@@ -3,11 +3,19 @@ whole command in a new process with the same session code as sparkeras.
 
     python bench/floors.py --state DIR score-incidents --table T --output O
     python bench/floors.py --state DIR ingest-incidents --source SRC --table T
+    python bench/floors.py --state DIR score-images --table T --output O
+    python bench/floors.py --state DIR ingest-images --source SRC --table T
 
 - score-incidents: read the table, a pass-through pandas UDF on the 7 signals (one int
   out), ``saveAsTable`` parquet;
 - ingest-incidents: Spark's CSV reader with a fixed schema (PERMISSIVE) into a parquet
-  table.
+  table;
+- score-images: read the image table, a pass-through pandas UDF on the image bytes (one
+  int out), ``saveAsTable`` parquet;
+- ingest-images: Spark has no IDX reader, so the least a reader does: ``binaryFile`` of the
+  ``*-images-idx3-ubyte.gz`` files, one task per file that gunzips it and cuts it into one
+  row per image (``image_id``, raw bytes) with numpy, ``saveAsTable`` parquet. No labels,
+  no checks, no quarantine.
 """
 from __future__ import annotations
 
@@ -19,16 +27,34 @@ import time
 import pandas as pd  # module level: the UDF's type hints name it
 
 
+def idx_rows(batches):
+    """mapInPandas: IDX images files (path, gzipped content) -> one row per image."""
+    import gzip
+
+    import numpy as np
+    for pdf in batches:
+        for path, content in zip(pdf["path"], pdf["content"]):
+            data = gzip.decompress(content)
+            n, h, w = (int(x) for x in np.frombuffer(data, ">u4", 3, 4))
+            images = np.frombuffer(data, np.uint8, n * h * w, 16).reshape(n, h * w)
+            for start in range(0, n, 10_000):
+                chunk = images[start:start + 10_000]
+                yield pd.DataFrame({"image_id": [f"{path}#{i}" for i in
+                                                 range(start, start + len(chunk))],
+                                    "image": [row.tobytes() for row in chunk]})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--state", required=True)
     sub = ap.add_subparsers(dest="job", required=True)
-    s = sub.add_parser("score-incidents")
-    s.add_argument("--table", required=True)
-    s.add_argument("--output", required=True)
-    i = sub.add_parser("ingest-incidents")
-    i.add_argument("--source", required=True)
-    i.add_argument("--table", required=True)
+    for job, options in (("score-incidents", ("--table", "--output")),
+                         ("ingest-incidents", ("--source", "--table")),
+                         ("score-images", ("--table", "--output")),
+                         ("ingest-images", ("--source", "--table"))):
+        job_parser = sub.add_parser(job)
+        for option in options:
+            job_parser.add_argument(option, required=True)
     args = ap.parse_args()
     started = time.perf_counter()
 
@@ -49,6 +75,22 @@ def main() -> int:
         out = (spark.table(args.table)
                .select("ID", passthrough(*[F.col(c) for c in FEATURES]).alias("prediction")))
         out.write.mode("overwrite").format("parquet").saveAsTable(args.output)
+    elif args.job == "score-images":
+        from pyspark.sql.functions import pandas_udf
+
+        @pandas_udf("int")
+        def passthrough_bytes(image: pd.Series) -> pd.Series:
+            return image.str.len().astype("int32")
+
+        out = spark.table(args.table).select("image_id",
+                                             passthrough_bytes("image").alias("prediction"))
+        out.write.mode("overwrite").format("parquet").saveAsTable(args.output)
+    elif args.job == "ingest-images":
+        files = (spark.read.format("binaryFile").option("recursiveFileLookup", True)
+                 .option("pathGlobFilter", "*-images-idx3-ubyte.gz").load(args.source)
+                 .select("path", "content"))
+        out = files.mapInPandas(idx_rows, "image_id string, image binary")
+        out.write.mode("overwrite").format("parquet").saveAsTable(args.table)
     else:
         schema = "ID BIGINT, " + ", ".join(f"{c} TINYINT" for c in FEATURES) + ", ROOT_CAUSE STRING"
         df = (spark.read.schema(schema).option("header", True).option("mode", "PERMISSIVE")

@@ -7,7 +7,11 @@ an ``--ingest-rows`` CSV export to ingest), then, alternating sparkeras and floo
 command runs ``--repeats`` times (median reported):
 
 - ``sparkeras score incidents`` on the table  vs  read, pass-through pandas UDF, saveAsTable;
-- ``sparkeras ingest incidents`` of the CSV   vs  Spark's CSV reader (fixed schema) to a table.
+- ``sparkeras ingest incidents`` of the CSV   vs  Spark's CSV reader (fixed schema) to a table;
+- ``sparkeras score images`` on an ``--images`` table of generated 28x28 IDX images (the
+  classic CNN)  vs  read, pass-through pandas UDF on the image bytes, saveAsTable;
+- ``sparkeras ingest images`` of those IDX files  vs  ``binaryFile``, gunzip and cut into one
+  row per image with numpy, saveAsTable (Spark has no IDX reader; no labels, no checks).
 
 For each run: wall seconds of the whole process and the peak resident memory of its process
 group (the CLI, its JVM and Python workers, sampled every 0.2 s). One extra run of each
@@ -146,6 +150,9 @@ def traced(cmd_args: list[str], state: str) -> dict:
 def prepare(state: str, args) -> None:
     """A trained incident model, the table to score and the CSV export to ingest."""
     Path(state).mkdir(parents=True, exist_ok=True)
+    if Path(state, "export").exists():
+        log(f"reusing the prepared incidents of {state}")
+        return
     log(f"preparing {state}: a model, a {args.score_rows:,}-row table, a "
         f"{args.ingest_rows:,}-row CSV export")
     run(sparkeras(state, "generate", "incidents", "--rows", "50000", "--out", f"{state}/small"))
@@ -159,20 +166,43 @@ def prepare(state: str, args) -> None:
                   f"{state}/export"))
 
 
+def prepare_images(state: str, args) -> None:
+    """A classic CNN trained on 6,000 generated 28x28 images, and ``--images`` more of them
+    as IDX files and as a table to score."""
+    if Path(state, "images").exists():
+        log(f"reusing the prepared images of {state}")
+        return
+    log(f"preparing {state}: an image model, {args.images:,} IDX images and their table")
+    run(sparkeras(state, "generate", "images", "--count", "6000", "--out",
+                  f"{state}/images_small", "--format", "idx", "--seed", "3"))
+    run(sparkeras(state, "ingest", "images", "--source", f"{state}/images_small", "--table",
+                  "images_small", "--format", "idx"))
+    run(sparkeras(state, "train", "images", "--table", "images_small", "--epochs", "1"))
+    run(sparkeras(state, "generate", "images", "--count", str(args.images), "--out",
+                  f"{state}/images", "--format", "idx"))
+    run(sparkeras(state, "ingest", "images", "--source", f"{state}/images", "--table",
+                  "images_big", "--format", "idx"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--score-rows", type=int, default=4_000_000)
     ap.add_argument("--ingest-rows", type=int, default=1_000_000)
+    ap.add_argument("--images", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--stages", default="score_incidents,ingest_incidents")
+    ap.add_argument("--stages",
+                    default="score_incidents,ingest_incidents,score_images,ingest_images")
+    ap.add_argument("--no-trace", action="store_true",
+                    help="skip the extra run with Spark's event log (its breakdown)")
     ap.add_argument("--state", help="a state folder prepared by an earlier run (kept); "
                     "by default a new one, removed at the end")
     args = ap.parse_args()
     state = args.state or tempfile.mkdtemp(prefix="sparkeras-stages-")
-    if args.state and Path(state, "export").exists():
-        log(f"reusing the prepared {state}")
-    else:
+    names = args.stages.split(",")
+    if any(n.endswith("_incidents") for n in names):
         prepare(state, args)
+    if any(n.endswith("_images") for n in names):
+        prepare_images(state, args)
     stages = {
         "score_incidents": (["score", "incidents", "--table", "big", "--output", "scores"],
                             ["score-incidents", "--table", "big", "--output", "floor_scores"]),
@@ -180,9 +210,17 @@ def main() -> None:
                               "ingested"],
                              ["ingest-incidents", "--source", f"{state}/export", "--table",
                               "floor_ingested"]),
+        "score_images": (["score", "images", "--table", "images_big", "--output",
+                          "image_scores"],
+                         ["score-images", "--table", "images_big", "--output",
+                          "floor_image_scores"]),
+        "ingest_images": (["ingest", "images", "--source", f"{state}/images", "--table",
+                           "images_ingested", "--format", "idx"],
+                          ["ingest-images", "--source", f"{state}/images", "--table",
+                           "floor_images_ingested"]),
     }
     results: dict = {}
-    for name in args.stages.split(","):
+    for name in names:
         ours, theirs = stages[name]
         runs: dict = {"sparkeras": [], "floor": []}
         for i in range(args.repeats):
@@ -197,12 +235,13 @@ def main() -> None:
             "ratio_floor_over_sparkeras": round(median["floor"] / median["sparkeras"], 3),
             "peak_rss_mb": {m: max(r["peak_rss_mb"] for r in rs) for m, rs in runs.items()},
             "runs": runs,
-            "breakdown": traced(ours, state),
+            "breakdown": None if args.no_trace else traced(ours, state),
         }
         log(f"{name}: sparkeras {median['sparkeras']:.1f} s, floor {median['floor']:.1f} s, "
             f"ratio {results[name]['ratio_floor_over_sparkeras']:.2f}x")
     write_results("stages", {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                              "score_rows": args.score_rows, "ingest_rows": args.ingest_rows,
+                             "images": args.images,
                              "repeats": args.repeats, "stages": results})
     if not args.state:
         shutil.rmtree(state, ignore_errors=True)
