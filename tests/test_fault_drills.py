@@ -33,6 +33,17 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, ...; utime
+    and stime at 11 and 12), or [] once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2:].split()
+
+
 def _children() -> dict:
     """ppid -> [pid] of every live process."""
     out: dict = {}
@@ -55,10 +66,8 @@ def python_workers(pid: int) -> list[int]:
     found = []
     for p in descendants(pid):
         if "pyspark.daemon" in _cmdline(p):
-            with open(f"/proc/{p}/stat") as f:
-                stat = f.read()
-            parent = int(stat[stat.rindex(")") + 2:].split()[1])
-            if "pyspark.daemon" in _cmdline(parent):
+            fields = _stat(p)
+            if fields and "pyspark.daemon" in _cmdline(int(fields[1])):
                 found.append(p)
     return found
 
@@ -92,13 +101,8 @@ def wait_until_gone(family: list[int], timeout: float) -> None:
 
 def cpu_ticks(pid: int) -> int:
     """User + system CPU time of ``pid`` in clock ticks (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return 0
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])
+    fields = _stat(pid)
+    return int(fields[11]) + int(fields[12]) if fields else 0
 
 
 def kill_a_worker_midway(proc, min_ticks: int = 5, timeout: float = 240) -> int:
@@ -122,7 +126,7 @@ def kill_a_worker_midway(proc, min_ticks: int = 5, timeout: float = 240) -> int:
                 os.kill(worker, signal.SIGKILL)
                 return worker
             seen[worker] = ticks
-        assert time.monotonic() < deadline, "no Python worker appeared"
+        assert time.monotonic() < deadline, f"no Python worker was inside a task within {timeout} s"
         time.sleep(0.01)
 
 
