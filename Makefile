@@ -11,7 +11,7 @@ COMPAT_PY    := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.sparkeras-installed
 
 .PHONY: help run test test-fast lint test-compat setup setup-compat java bench bench-images \
-	bench-stages bench-train bench-feeds clean spark-sql
+	bench-stages bench-startup bench-train bench-feeds clean spark-sql
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -67,6 +67,9 @@ bench-images: setup  ## scoring benchmark, images
 
 bench-stages: setup  ## whole commands (score, ingest) beside their floor jobs
 	$(PY) bench/stages.py
+
+bench-startup: setup  ## a 1,000-row file's commands with and without the JVM class archive
+	$(PY) bench/startup.py
 
 bench-train: setup  ## training throughput, 1 and 2 workers
 	$(PY) bench/train_scaling.py

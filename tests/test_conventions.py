@@ -112,11 +112,12 @@ def test_native_startup_output_is_held_and_replayed_only_on_failure(capfd):
     assert "libfoo.so" in capfd.readouterr().err
 
 
-def test_child_processes_write_their_stderr_to_the_log_file(tmp_path, capfd):
+def test_child_processes_write_their_output_to_the_log_file(tmp_path, capfd):
     path = tmp_path / "run.log"
-    with logs.stderr_to(path):
-        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('from the JVM\\n')"],
-                       check=True)
+    with logs.output_to(path):
+        subprocess.run([sys.executable, "-c", "import sys; sys.stdout.write('a JVM report\\n'); "
+                        "sys.stdout.flush(); sys.stderr.write('from the JVM\\n')"], check=True)
     print("back on the terminal", file=sys.stderr)
-    assert path.read_text() == "from the JVM\n"
-    assert capfd.readouterr().err == "back on the terminal\n"
+    print("the product")
+    assert path.read_text() == "a JVM report\nfrom the JVM\n"
+    assert capfd.readouterr() == ("the product\n", "back on the terminal\n")

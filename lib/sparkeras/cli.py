@@ -243,7 +243,7 @@ def _run(args, cfg, out) -> Optional[dict]:
     if args.command == "server":                # manages the JVM; uses no session itself
         return _server(args.action, cfg)
     from .session import get_spark
-    spark = get_spark(cfg)
+    spark = get_spark(cfg, keep_classes=True)     # main() ends the JVM and waits for it
     cmd, workload = args.command, getattr(args, "workload", None)
     if cmd == "generate" and workload == "images":
         from .workloads import image_synth

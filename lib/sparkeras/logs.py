@@ -136,10 +136,11 @@ def _prune(folder: Path, name: str) -> None:
 
 
 @contextlib.contextmanager
-def stderr_to(path: Optional[Path]) -> Iterator[None]:
-    """Point file descriptor 2 at ``path`` (appending) for the block: child processes
-    started inside it (the Spark driver JVM) keep writing there; this process gets its
-    stderr back afterwards. Without a path, nothing changes."""
+def output_to(path: Optional[Path]) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``path`` (appending) for the block: child processes
+    started inside it (the Spark driver JVM) keep writing there, so stdout stays for the
+    command's product (the JVM writes some reports, such as a crash banner, on its stdout);
+    this process gets both back afterwards. Without a path, nothing changes."""
     if path is None:
         yield
         return
@@ -149,15 +150,19 @@ def stderr_to(path: Optional[Path]) -> Iterator[None]:
         logging.getLogger(LOGGER).warning(f"Spark's output stays on the terminal: {exc}")
         yield
         return
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     try:
-        os.dup2(target, 2)
+        for fd in saved:
+            os.dup2(target, fd)
         yield
     finally:
+        sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
         os.close(target)
 
 

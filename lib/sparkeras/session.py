@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-from . import interrupts, logs
+from . import class_archive, interrupts, logs
 from .config import Config
 
 
@@ -49,6 +49,8 @@ def session_conf(cfg: Config) -> dict[str, str]:
     log4j = resources.files("sparkeras").joinpath("resources/log4j2.properties")
     java_opts = (f"-Dlog4j2.configurationFile=file:{log4j} "
                  f"-Dderby.stream.error.file={state / 'derby.log'}")
+    if cfg.log_dir:     # a JVM crash report goes beside the command logs, not into the cwd
+        java_opts += f" -XX:ErrorFile={Path(cfg.log_dir) / 'hs_err_pid%p.log'}"
     conf = {
         "spark.sql.warehouse.dir": s.warehouse_dir,
         "spark.sql.catalogImplementation": s.catalog,
@@ -90,8 +92,12 @@ def remote_url(cfg: Config) -> Optional[str]:
 CONNECT_SESSION_CONF = ("spark.sql.session.timeZone",)
 
 
-def get_spark(cfg: Config):
-    """Return the active SparkSession, or build one from ``cfg.spark`` (see the module doc)."""
+def get_spark(cfg: Config, keep_classes: bool = False):
+    """Return the active SparkSession, or build one from ``cfg.spark`` (see the module doc).
+
+    An embedded JVM starts from the class archive (:mod:`sparkeras.class_archive`) when there
+    is one; ``keep_classes``: when there is none, this JVM writes it as it exits (for a
+    caller that ends the JVM with :func:`end_embedded_jvm`, as commands do)."""
     prepare_environment(cfg)
     from pyspark.sql import SparkSession
 
@@ -104,18 +110,38 @@ def get_spark(cfg: Config):
         return connect_session(cfg, remote)
     metastore_in_use(cfg)
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
-    builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
-    for key, value in session_conf(cfg).items():
-        builder = builder.config(key, value)
-    if cfg.spark.catalog == "hive":
-        builder = builder.enableHiveSupport()
-    # The JVM (and the Python workers it starts) write their output to this command's log
-    # file when there is one: Spark's start-up notices and log lines stay off the terminal.
-    with logs.stderr_to(logs.run_log()):
-        spark = builder.getOrCreate()
+    conf = session_conf(cfg)
+    archive = class_archive.plan(cfg.spark.class_archive, create=keep_classes)
+    try:
+        spark = _embedded(cfg, conf, archive)
+    except Exception:
+        if archive is None or archive.dump_to is not None:
+            raise
+        class_archive.discard(archive)       # e.g. a damaged archive: start without it
+        spark = _embedded(cfg, conf, None)
     interrupts.watch()              # PySpark installed its own SIGINT handler: chain in front
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     return spark
+
+
+def _embedded(cfg: Config, conf: dict[str, str], archive):
+    """Launch the embedded JVM with ``conf`` (and the class archive's options)."""
+    from pyspark.sql import SparkSession
+    builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
+    for key, value in conf.items():
+        if key == "spark.driver.extraJavaOptions" and archive is not None:
+            value = f"{value} {archive.java_options()}"
+        builder = builder.config(key, value)
+    if cfg.spark.catalog == "hive":
+        builder = builder.enableHiveSupport()
+    if archive is not None and archive.dump_to is not None:
+        logging.getLogger("sparkeras").info(
+            "first start of this Spark installation: its JVM saves the classes it loads "
+            f"({archive.path.parent}, ~150 MB, once), so later commands start faster")
+    # The JVM (and the Python workers it starts) write their output to this command's log
+    # file when there is one: Spark's start-up notices and log lines stay off the terminal.
+    with logs.output_to(logs.run_log()):
+        return builder.getOrCreate()
 
 
 def connect_session(cfg: Config, url: str):
@@ -188,8 +214,12 @@ def end_embedded_jvm(timeout: float = 30.0) -> None:
             SparkContext._active_spark_context.stop()
     with contextlib.suppress(OSError, ValueError):
         proc.stdin.close()
+    if class_archive.dumping():            # it writes its class archive as it exits
+        timeout = max(timeout, 180.0)
+    exited = False
     try:
         proc.wait(timeout)
+        exited = True
     except subprocess.TimeoutExpired:      # never wait on a JVM forever
         logging.getLogger(__name__).warning(
             f"the Spark JVM (pid {proc.pid}) did not exit within {timeout:.0f} s: killing it")
@@ -198,6 +228,7 @@ def end_embedded_jvm(timeout: float = 30.0) -> None:
     except KeyboardInterrupt:              # Ctrl-C again while waiting: do not wait
         with contextlib.suppress(OSError):
             proc.kill()
+    class_archive.publish(exited and proc.returncode == 0)
     # a later session in this process launches a new JVM instead of using the ended one
     SparkContext._gateway = None
     SparkContext._jvm = None

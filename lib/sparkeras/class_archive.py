@@ -1,0 +1,161 @@
+"""A class-data-sharing archive for the embedded Spark JVM: every command starts faster.
+
+An embedded Spark JVM loads and verifies some 10,000 classes (Spark, Scala, Hive, Derby)
+before it runs anything: about half of a small command's time (``sparkeras sql "SELECT
+1"``: 9-10 s, of which ~4 s go away with the archive, measured in ``docs/performance.md``).
+The JVM can save the classes it loaded, parsed and verified, at exit
+(``-XX:ArchiveClassesAtExit``, Java 13+) and map them at the next start
+(``-XX:SharedArchiveFile``). The archive is a cache: the JVM checks it against its own
+version and class path and ignores one that does not match.
+
+- Only commands create one (:func:`sparkeras.cli.main` ends the JVM it started and can wait
+  for the dump); notebooks and tests only use an existing one.
+- It is written to a temporary name and published by rename only after the JVM exited on
+  its own: a JVM killed while dumping leaves no half-written archive (a truncated archive
+  crashes the JVM at start, so one that does is removed and the start repeated without).
+- One per Java installation and PySpark installation, in the user's cache folder
+  (``spark.class_archive``: ``auto``, ``off`` or a folder), shared by every state folder:
+  ~150 MB once, not per project.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+#: JVM logging of the archive (a warning per skipped class while dumping) stays off stdout,
+#: which carries the command's product.
+QUIET = "-Xlog:cds*=off"
+
+
+@dataclass
+class Plan:
+    """What this JVM does with the archive: use ``path``, or dump to ``dump_to`` and publish
+    it as ``path`` after a clean exit."""
+    path: Path
+    dump_to: Optional[Path] = None
+
+    def java_options(self) -> str:
+        if self.dump_to is not None:
+            return f"-XX:ArchiveClassesAtExit={self.dump_to} {QUIET}"
+        return f"-XX:SharedArchiveFile={self.path} {QUIET}"
+
+
+_pending: Optional[Plan] = None     # a dump this process asked for, published at JVM exit
+
+
+def folder(setting: str) -> Optional[Path]:
+    """The archive folder for ``spark.class_archive``: None when ``off``."""
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return Path(setting).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "sparkeras" / "jvm"
+
+
+def java_home() -> Optional[Path]:
+    """The Java installation PySpark will start (``$JAVA_HOME``, else ``java`` on PATH)."""
+    if os.environ.get("JAVA_HOME"):
+        return Path(os.environ["JAVA_HOME"]).resolve()
+    java = shutil.which("java")
+    return Path(java).resolve().parent.parent if java else None
+
+
+def java_version(home: Path) -> Optional[str]:
+    """``JAVA_VERSION`` from the installation's ``release`` file (None if unknown)."""
+    with contextlib.suppress(OSError):
+        found = re.search(r'^JAVA_VERSION="([^"]+)"', (home / "release").read_text(), re.M)
+        if found:
+            return found.group(1)
+    return None
+
+
+def major(version: str) -> int:
+    """17 for "17.0.15", 8 for "1.8.0_392"."""
+    parts = [int(p) for p in re.findall(r"\d+", version)[:2]] or [0]
+    return parts[1] if parts[0] == 1 and len(parts) > 1 else parts[0]
+
+
+def archive_path(where: Path, home: Path, version: str) -> Path:
+    """One archive per Java installation and PySpark installation (a new venv, another
+    PySpark or another JDK gets its own; the JVM still checks its class path itself)."""
+    import pyspark
+    key = "\n".join([str(home), version, pyspark.__version__,
+                     str(Path(pyspark.__file__).resolve().parent)])
+    return where / f"spark-{pyspark.__version__}-java{major(version)}-" \
+                   f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsa"
+
+
+def plan(setting: str, create: bool) -> Optional[Plan]:
+    """The archive options for a JVM about to start; None when there is nothing to use or
+    to make (``off``, Java before 13, an unknown Java, a folder that cannot be written)."""
+    global _pending
+    where = folder(setting)
+    home = java_home()
+    version = java_version(home) if home else None
+    if where is None or version is None or major(version) < 13:
+        return None
+    path = archive_path(where, home, version)
+    if path.is_file():
+        return Plan(path)
+    if not create:
+        return None
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(where)
+    except OSError as exc:
+        log.debug(f"no class archive: {where}: {exc}")
+        return None
+    _pending = Plan(path, where / f"{path.name}.{os.getpid()}.tmp")
+    return _pending
+
+
+def _remove_abandoned(where: Path) -> None:
+    """Temporary archives of processes that are gone (killed while their JVM dumped)."""
+    for tmp in where.glob("*.jsa.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def dumping() -> bool:
+    """Whether the JVM of this process will write an archive as it exits."""
+    return _pending is not None
+
+
+def publish(jvm_exited_cleanly: bool) -> None:
+    """After the JVM exited: make its archive the one later starts use (atomically), or
+    discard it when the JVM did not exit on its own (it may be incomplete)."""
+    global _pending
+    pending, _pending = _pending, None
+    if pending is None or pending.dump_to is None:
+        return
+    tmp = pending.dump_to
+    with contextlib.suppress(OSError):
+        if jvm_exited_cleanly and tmp.is_file() and tmp.stat().st_size > 0 \
+                and not pending.path.exists():
+            os.replace(tmp, pending.path)
+            log.debug(f"class archive saved: {pending.path}")
+            return
+        tmp.unlink()
+
+
+def discard(used: Plan) -> None:
+    """An archive the JVM could not start with: removed, so later starts do without it
+    until a command writes a new one."""
+    global _pending
+    _pending = None
+    log.warning(f"the JVM did not start with its class archive {used.path}: removed it, "
+                f"starting without")
+    with contextlib.suppress(OSError):
+        used.path.unlink()

@@ -1,0 +1,89 @@
+"""The embedded JVM's class archive: made once by a command, used by the next ones, never
+published half-written, and a damaged one costs a warning, not the command."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sparkeras import class_archive
+
+
+def test_the_archive_folder_follows_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert class_archive.folder("auto") == tmp_path / "cache" / "sparkeras" / "jvm"
+    assert class_archive.folder("off") is None
+    assert class_archive.folder(str(tmp_path / "mine")) == tmp_path / "mine"
+    assert class_archive.plan("off", create=True) is None
+
+
+@pytest.mark.parametrize("version, major", [("17.0.15", 17), ("21", 21), ("11.0.2", 11),
+                                            ("1.8.0_392", 8)])
+def test_java_major_versions(version, major):
+    assert class_archive.major(version) == major
+
+
+def test_a_dump_is_published_only_after_a_clean_exit(tmp_path):
+    where = tmp_path / "jvm"
+    first = class_archive.plan(str(where), create=True)
+    assert first is not None and first.dump_to.parent == where
+    assert first.dump_to.name == f"{first.path.name}.{os.getpid()}.tmp"
+    assert f"-XX:ArchiveClassesAtExit={first.dump_to}" in first.java_options()
+    first.dump_to.write_bytes(b"classes")
+    class_archive.publish(jvm_exited_cleanly=False)     # killed: may be incomplete
+    assert list(where.iterdir()) == []
+    class_archive.plan(str(where), create=True).dump_to.write_bytes(b"classes")
+    class_archive.publish(jvm_exited_cleanly=True)
+    assert [p.name for p in where.iterdir()] == [first.path.name]
+    used = class_archive.plan(str(where), create=True)   # the next start uses it
+    assert used.dump_to is None and used.java_options().startswith(
+        f"-XX:SharedArchiveFile={first.path} ")
+    assert not class_archive.dumping()
+
+
+def test_temporary_archives_of_dead_processes_are_removed(tmp_path):
+    where = tmp_path / "jvm"
+    where.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (where / f"spark-x.jsa.{dead}.tmp").write_bytes(b"half")
+    (where / f"spark-x.jsa.{os.getpid()}.tmp").write_bytes(b"in progress")
+    assert class_archive.plan(str(where), create=False) is None    # only commands create
+    assert class_archive.plan(str(where), create=True) is not None
+    left = sorted(p.name for p in where.iterdir())
+    assert left == [f"spark-x.jsa.{os.getpid()}.tmp"]
+    class_archive.publish(jvm_exited_cleanly=False)
+
+
+def _command(tmp_path, archive, *args):
+    state = tmp_path / "state"
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        code = subprocess.call(
+            [sys.executable, "-m", "sparkeras.cli", "--set", f"state_dir={state}", "--set",
+             "spark.master=local[2]", "--set", f"spark.class_archive={archive}", *args],
+            stdout=out, stderr=err, timeout=600)
+    return code, (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+
+
+@pytest.mark.slow   # three commands
+def test_a_command_makes_the_archive_the_next_uses_it_and_a_damaged_one_is_replaced(
+        tmp_path):
+    archive = tmp_path / "jvm"
+    query = "SELECT 1 AS x"
+    code, out, err = _command(tmp_path, archive, "sql", query)
+    assert code == 0 and out.split() == ["x", "1"], err[-3000:]
+    assert "its JVM saves the classes it loads" in err
+    (made,) = archive.iterdir()
+    assert made.suffix == ".jsa" and made.stat().st_size > 10_000_000
+    # the next command's JVM was started with it
+    code, out, err = _command(tmp_path, archive, "sql", "SET spark.driver.extraJavaOptions")
+    assert code == 0 and f"-XX:SharedArchiveFile={made}" in out, err[-3000:]
+    assert "saves the classes" not in err
+    # damaged (a truncated archive crashes a JVM at start): the command still answers,
+    # stdout holds only its product, and the archive is removed
+    made.chmod(0o644)
+    made.write_bytes(made.read_bytes()[:2_000_000])
+    code, out, err = _command(tmp_path, archive, "sql", query)
+    assert code == 0 and out.split() == ["x", "1"], err[-3000:]
+    assert f"the JVM did not start with its class archive {made}: removed it" in err
+    assert list(archive.iterdir()) == []
