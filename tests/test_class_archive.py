@@ -15,6 +15,14 @@ def test_the_archive_folder_follows_the_setting(tmp_path, monkeypatch):
     assert class_archive.folder("off") is None
     assert class_archive.folder(str(tmp_path / "mine")) == tmp_path / "mine"
     assert class_archive.plan("off", create=True) is None
+    from sparkeras.config import ConfigError, load_config
+    # YAML reads a bare off (or false) as a bool: both mean off, as the README writes it
+    for text in ("off", "false", "'off'"):
+        setting = load_config(None, [f"spark.class_archive={text}"]).spark.class_archive
+        assert class_archive.folder(setting) is None, text
+    with pytest.raises(ConfigError, match="'spark.class_archive' must be a string or off, "
+                                          "got True"):
+        load_config(None, ["spark.class_archive=true"])
 
 
 @pytest.mark.parametrize("version, major", [("17.0.15", 17), ("21", 21), ("11.0.2", 11),

@@ -52,9 +52,9 @@ class Plan:
 _pending: Optional[Plan] = None     # a dump this process asked for, published at JVM exit
 
 
-def folder(setting: str) -> Optional[Path]:
-    """The archive folder for ``spark.class_archive``: None when ``off``."""
-    if setting == "off":
+def folder(setting) -> Optional[Path]:
+    """The archive folder for ``spark.class_archive``: None when off (``false``, ``"off"``)."""
+    if setting is False or setting == "off":
         return None
     if setting != "auto":
         return Path(setting).expanduser()
@@ -95,7 +95,7 @@ def archive_path(where: Path, home: Path, version: str) -> Path:
                    f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsa"
 
 
-def plan(setting: str, create: bool) -> Optional[Plan]:
+def plan(setting, create: bool) -> Optional[Plan]:
     """The archive options for a JVM about to start; None when there is nothing to use or
     to make (``off``, Java before 13, an unknown Java, a folder that cannot be written)."""
     global _pending

@@ -52,8 +52,8 @@ class SparkConf:
     # `sparkeras server` when one runs, else an embedded session in this process.
     remote: Optional[str] = None
     # The embedded JVM's class-data-sharing archive (starts ~4 s faster): "auto" (the user's
-    # cache folder, shared by every state folder), "off", or a folder.
-    class_archive: str = "auto"
+    # cache folder, shared by every state folder), off (YAML's false), or a folder.
+    class_archive: Union[str, Literal[False]] = "auto"
 
 
 @dataclass
@@ -229,7 +229,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         literals = [v for a in args if typing.get_origin(a) is Literal for v in typing.get_args(a)]
-        if value in literals and isinstance(value, str):
+        # a string literal ("auto"), or a bool literal given as such (YAML's off/false)
+        if any(value is v or (isinstance(value, str) and value == v) for v in literals):
             return value
         (inner,) = [a for a in args if a is not type(None) and typing.get_origin(a) is not Literal]
         try:
@@ -237,7 +238,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         except ConfigError:
             if not literals:
                 raise
-            choices = " or ".join(repr(v) for v in literals)
+            choices = " or ".join("off" if v is False else repr(v) for v in literals)
             raise ConfigError(f"{source}: '{key}' must be {_type_name(inner)} or {choices}, "
                               f"got {value!r}") from None
     if dataclasses.is_dataclass(tp):
