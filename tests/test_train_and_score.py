@@ -109,22 +109,6 @@ def test_scoring_reconciles_and_rerun_replaces(trained, spark, cfg):
     np.testing.assert_allclose(rows[probs].to_numpy(), keras_probs, rtol=0, atol=1e-6)
 
 
-def test_a_model_looked_up_ahead_is_the_same_model_and_its_errors_wait(trained, cfg):
-    """Commands resolve the model in a thread while Spark starts: the result is what a direct
-    lookup gives (in another thread than the one that will use the MLflow store next), and
-    a lookup that fails raises where the model is needed, not in the thread."""
-    from sparkeras.scoring import prefetch_model, resolve_model
-    prefetch_model(cfg, None, MODEL)
-    ahead = resolve_model(cfg, None, MODEL)
-    direct = resolve_model(cfg, None, MODEL)
-    assert ahead == direct and ahead.forward_plan == direct.forward_plan
-    assert ahead.metadata == direct.metadata and ahead.uri == f"models:/{MODEL}/{ahead.version}"
-    prefetch_model(cfg, "models:/no_such_model@champion", MODEL)
-    with pytest.raises(Exception, match="no_such_model"):
-        resolve_model(cfg, "models:/no_such_model@champion", MODEL)
-    assert resolve_model(cfg, None, MODEL) == direct     # nothing left over
-
-
 def test_unscorable_rows_go_to_quarantine(trained, spark, cfg):
     cols = ", ".join(f"{c} int" for c in incidents.FEATURES)
     spark.createDataFrame(

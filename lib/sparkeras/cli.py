@@ -242,14 +242,9 @@ def _run(args, cfg, out) -> Optional[dict]:
         return None                             # the JSON line was printed when ready
     if args.command == "server":                # manages the JVM; uses no session itself
         return _server(args.action, cfg)
-    cmd, workload = args.command, getattr(args, "workload", None)
-    if cmd == "score" and workload in ("incidents", "images"):
-        # the model is looked up while Spark starts
-        from . import scoring
-        scoring.prefetch_model(cfg, args.model or cfg.score.model_uri, getattr(
-            cfg.registry, "image_model" if workload == "images" else "incident_model"))
     from .session import get_spark
     spark = get_spark(cfg, keep_classes=True)     # main() ends the JVM and waits for it
+    cmd, workload = args.command, getattr(args, "workload", None)
     if cmd == "generate" and workload == "images":
         from .workloads import image_synth
         return image_synth.generate(spark, args.count, args.out, args.format, args.seed,

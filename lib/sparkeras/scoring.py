@@ -60,64 +60,9 @@ class ResolvedModel:
 SHIP_MAX_BYTES = 64 * 1024 * 1024
 
 
-class _Prefetch:
-    """A model resolution running in a thread while the caller does something else."""
-
-    def __init__(self, key: tuple, resolve: Callable[[], ResolvedModel]):
-        self.key, self._value, self._error = key, None, None
-        self._thread = threading.Thread(target=self._run, args=(resolve,), daemon=True,
-                                        name="sparkeras-model-prefetch")
-        self._thread.start()
-
-    def _run(self, resolve) -> None:
-        try:
-            self._value = resolve()
-        except BaseException as exc:   # re-raised where the model is needed
-            self._error = exc
-
-    def result(self) -> ResolvedModel:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-_prefetched: list = []
-
-
-def _key(cfg: Config, model_uri: Optional[str], default_name: str) -> tuple:
-    return (cfg.mlflow.tracking_uri, cfg.mlflow.registry(), model_uri, default_name,
-            cfg.registry.champion_alias, cfg.score.worker_threads)
-
-
-def prefetch_model(cfg: Config, model_uri: Optional[str], default_name: str) -> None:
-    """Start resolving the model in a thread (a command does this before its Spark session
-    starts: MLflow's import and the registry lookup, ~2 s, overlap the JVM's start). The
-    next :func:`resolve_model` with the same arguments takes its result, or its error.
-
-    What both threads import (PySpark, pandas, pyarrow, numpy) is imported here first, so
-    the two never import the same packages at the same time."""
-    import numpy  # noqa: F401
-    import pandas  # noqa: F401
-    import pyarrow  # noqa: F401
-    import pyspark.sql  # noqa: F401
-    _prefetched.clear()
-    _prefetched.append(_Prefetch(_key(cfg, model_uri, default_name),
-                                 lambda: _resolve(cfg, model_uri, default_name)))
-
-
 def resolve_model(cfg: Config, model_uri: Optional[str], default_name: str) -> ResolvedModel:
     """Pin ``models:/name@alias`` to its version on the driver, and read the model's
     workload, labels and input contract from its MLflow metadata."""
-    key = _key(cfg, model_uri, default_name)
-    for pending in list(_prefetched):
-        if pending.key == key:
-            _prefetched.remove(pending)
-            return pending.result()
-    return _resolve(cfg, model_uri, default_name)
-
-
-def _resolve(cfg: Config, model_uri: Optional[str], default_name: str) -> ResolvedModel:
     from mlflow import MlflowClient
     from mlflow.models import get_model_info
 
