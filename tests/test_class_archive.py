@@ -63,6 +63,24 @@ def test_temporary_archives_of_dead_processes_are_removed(tmp_path):
     class_archive.publish(jvm_exited_cleanly=False)
 
 
+def test_only_the_most_recently_used_archives_stay(tmp_path):
+    where = tmp_path / "jvm"
+    where.mkdir()
+    others = [where / f"spark-old{i}.jsa" for i in range(5)]
+    for age, path in enumerate(others):                  # old0 used last, old4 first
+        path.write_bytes(b"classes")
+        os.utime(path, (1_000_000 - age * 1000, 1_000_000 - age * 1000))
+    made = class_archive.plan(str(where), create=True)   # none for this installation yet
+    assert made.dump_to is not None
+    kept = sorted(p.name for p in where.glob("*.jsa"))
+    assert kept == [f"spark-old{i}.jsa" for i in range(class_archive.KEEP)]
+    made.dump_to.write_bytes(b"classes")
+    class_archive.publish(jvm_exited_cleanly=True)
+    os.utime(made.path, (1, 1))                          # long unused...
+    assert class_archive.plan(str(where), create=False).path == made.path
+    assert made.path.stat().st_mtime > 1_000_000         # ...and used again: marked
+
+
 def _command(tmp_path, archive, *args):
     state = tmp_path / "state"
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:

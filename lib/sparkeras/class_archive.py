@@ -15,7 +15,9 @@ version and class path and ignores one that does not match.
   crashes the JVM at start, so one that does is removed and the start repeated without).
 - One per Java installation and PySpark installation, in the user's cache folder
   (``spark.class_archive``: ``auto``, ``off`` or a folder), shared by every state folder:
-  ~150 MB once, not per project.
+  ~150 MB once, not per project. Each start marks its archive used; when a new one is made,
+  only the :data:`KEEP` most recently used others stay (a venv made again and again, or
+  one removed, leaves no trail of archives).
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ class Plan:
 
 
 _pending: Optional[Plan] = None     # a dump this process asked for, published at JVM exit
+
+#: Archives kept besides a new one (the most recently used): other venvs and Spark versions.
+KEEP = 3
 
 
 def folder(setting) -> Optional[Path]:
@@ -106,12 +111,15 @@ def plan(setting, create: bool) -> Optional[Plan]:
         return None
     path = archive_path(where, home, version)
     if path.is_file():
+        with contextlib.suppress(OSError):
+            os.utime(path)                # used now: the last to be pruned
         return Plan(path)
     if not create:
         return None
     try:
         where.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(where)
+        _prune(where)
     except OSError as exc:
         log.debug(f"no class archive: {where}: {exc}")
         return None
@@ -126,6 +134,16 @@ def _remove_abandoned(where: Path) -> None:
         if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def _prune(where: Path) -> None:
+    """Before a new archive is made: keep the :data:`KEEP` most recently used ones. Removing
+    one that a running JVM has mapped is safe (the file lives on until it is unmapped)."""
+    archives = sorted(where.glob("*.jsa"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in archives[KEEP:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+            log.debug(f"class archive removed (least recently used): {old}")
 
 
 def dumping() -> bool:
