@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from sparkeras.ingest import ingest_images
 from sparkeras.mlflow_servers import group_members
+from sparkeras.processes import alive
 from sparkeras.scoring import score_images, score_incidents
 from sparkeras.train import train_images, train_incidents
 from sparkeras.workloads import image_synth, incidents
@@ -124,14 +125,6 @@ def sparkeras(write_conf, *args):
         f"registry.incident_model={MODEL}", f"registry.image_model={IMAGE_MODEL}"), *args]
 
 
-def _alive(pid) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_the_pyfunc_takes_named_columns_and_returns_the_scored_columns(incident_scores):
     import mlflow
     trained, rows = incident_scores
@@ -201,7 +194,7 @@ def test_serve_answers_like_score_and_refuses_bad_requests_readably(incident_sco
         assert code == 200 and len(body["predictions"]) == 1     # still serving
     finally:
         assert server.stop(signal.SIGINT) == 0
-    assert not _alive(server.summary["pid"]) and not group_members(server.summary["pid"])
+    assert not alive(server.summary["pid"]) and not group_members(server.summary["pid"])
     assert "the model server stopped" in server.proc.stderr.read()
 
 
@@ -281,7 +274,7 @@ def test_the_ui_serves_the_run_page_and_its_plots(incident_scores, write_conf):
                 assert r.read(8) == b"\x89PNG\r\n\x1a\n", png
     finally:
         assert server.stop(signal.SIGTERM) == 0
-    assert not _alive(server.summary["pid"]) and not group_members(server.summary["pid"])
+    assert not alive(server.summary["pid"]) and not group_members(server.summary["pid"])
 
 
 def test_serve_refuses_a_port_in_use_at_once(write_conf):

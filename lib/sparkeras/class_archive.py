@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .processes import alive
+
 log = logging.getLogger(__name__)
 
 #: JVM logging of the archive (a warning per skipped class while dumping) stays off stdout,
@@ -131,7 +133,7 @@ def _remove_abandoned(where: Path) -> None:
     """Temporary archives of processes that are gone (killed while their JVM dumped)."""
     for tmp in where.glob("*.jsa.*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]
-        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+        if not (pid.isdigit() and alive(int(pid))):
             with contextlib.suppress(OSError):
                 tmp.unlink()
 

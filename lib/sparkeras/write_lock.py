@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import SparkerasError
+from .processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +32,6 @@ class TableBusy(SparkerasError):
 
 def _path(state_dir: str, table: str) -> Path:
     return Path(state_dir) / "locks" / (re.sub(r"[^A-Za-z0-9_.-]", "_", table.lower()) + ".lock")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:                                   # a zombie is gone for our purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _owner() -> dict:
@@ -64,7 +51,7 @@ def _acquire(path: Path, owner: dict) -> None:
             except (OSError, ValueError):
                 holder = {}
             if holder.get("host") == owner["host"] and isinstance(holder.get("pid"), int) \
-                    and not _alive(holder["pid"]):
+                    and not alive(holder["pid"]):
                 log.warning(f"taking over the lock of {holder.get('command', '?')!r} (pid "
                             f"{holder['pid']}, started {holder.get('started', '?')}): that "
                             f"process is gone; the batches it was writing are rewritten now")
