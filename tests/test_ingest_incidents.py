@@ -95,6 +95,39 @@ def test_ids_already_in_the_table_are_quarantined(spark, cfg, tmp_path):
     assert spark.table("ing_seen").count() == 5
 
 
+@pytest.mark.parametrize("broadcast_max", [None, 0])
+def test_repeated_and_already_ingested_ids_by_either_join(spark, cfg, tmp_path, monkeypatch,
+                                                          broadcast_max):
+    """Keys with a problem reach the records by broadcast, or (past BROADCAST_MAX_KEYS) by a
+    shuffle join: the same reasons either way. A key the input holds twice is refused as such,
+    also when it was ingested before and when the other record holding it is invalid."""
+    from sparkeras import ingest as ingest_stage
+    if broadcast_max is not None:
+        monkeypatch.setattr(ingest_stage, "BROADCAST_MAX_KEYS", broadcast_max)
+    table = f"ing_keys_{broadcast_max}"
+    head = "ID,CPU_LOAD,MEMORY_LEAK_LOAD,DELAY,ERROR_1000,ERROR_1001,ERROR_1002,ERROR_1003,ROOT_CAUSE\n"
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    (first / "a.csv").write_text(head + "1,0,0,0,0,0,0,0,MEMORY_LEAK\n2,0,0,0,0,0,0,0,MEMORY_LEAK\n")
+    before = ingest_incidents(spark, cfg, str(first), table, "csv")
+    rows = ["1,1,0,0,0,0,0,0,MEMORY_LEAK",                                  # ingested before
+            "2,1,0,0,0,0,0,0,MEMORY_LEAK", "2,0,1,0,0,0,0,0,MEMORY_LEAK",   # before, and twice
+            "3,0,0,0,0,0,0,0,MEMORY_LEAK", "3,5,0,0,0,0,0,0,MEMORY_LEAK",   # twice, once invalid
+            "4,0,0,0,0,0,0,0,MEMORY_LEAK"]
+    (later / "b.csv").write_text(head + "\n".join(rows) + "\n")
+    result = ingest_incidents(spark, cfg, str(later), table, "csv")
+    assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (6, 1, 5)
+    quarantined = spark.table(f"{table}_quarantine").where(f"ingest_batch_id = '{result.batch_id}'")
+    twice = "duplicate ID {}: 2 rows with this ID in the input"
+    assert sorted((r.raw_record, r.reason) for r in quarantined.collect()) == [
+        (rows[0], f"ID already ingested in batch {before.batch_id}"),
+        (rows[2], twice.format(2)), (rows[1], twice.format(2)),
+        (rows[3], twice.format(3)), (rows[4], "CPU_LOAD must be 0 or 1, got '5'")]
+    valid = spark.table(table).where(f"ingest_batch_id = '{result.batch_id}'")
+    assert [r.ID for r in valid.collect()] == [4]
+
+
 def test_parquet_with_typed_columns_and_nulls(spark, cfg, tmp_path):
     folder = tmp_path / "pq"
     folder.mkdir()

@@ -7,8 +7,10 @@ table and quarantine table.
 
 The batch id is derived from the source files (path, size, modification time), so ingesting
 the same source again replaces that batch instead of duplicating it. Keys must be unique in
-the table: a key already ingested by another batch is quarantined. Counts reconcile always:
-``input_rows == valid_rows + quarantined_rows`` is checked against what was written.
+the table: a key already ingested by another batch is quarantined, and so (for workloads that
+ask, :attr:`IngestJob.unique_in_input`) is every record of a key the input holds twice.
+Counts reconcile always: ``input_rows == valid_rows + quarantined_rows`` is checked against
+what was written.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class IngestJob:
     recursive: bool = False                   # read sub-folders (class folders)
     spark_conf: dict = field(default_factory=dict)   # SQL settings while reading
     one_record_per_file: bool = False         # photo folders: checked by the stage
+    unique_in_input: bool = False             # refuse keys repeated in the input (tabular)
     prepare_valid: Optional[Callable[[Any], Any]] = None   # e.g. class numbers of a folder
     describe: Optional[Callable[[Any, str, str, SourceFiles], dict]] = None  # summary extras
     table_properties: dict = field(default_factory=dict)    # set on the table (its schema)
@@ -70,19 +73,57 @@ class IngestResult:
                 **self.extra}
 
 
-def _mark_keys_seen_elsewhere(spark, df, table: str, batch_id: str, key: str):
-    """Quarantine valid records whose key is already in ``table`` under another batch."""
+# Keys with a problem (repeated in the input, or ingested before) are joined back to the
+# records by broadcast up to this many; beyond it by a shuffle join, checkpointed once.
+BROADCAST_MAX_KEYS = 1_000_000
+
+
+def key_problems(spark, records, table: str, batch_id: str, key: str, unique_in_input: bool):
+    """The keys of ``records`` that are not unique, one row each: ``_dups``, how many records
+    of the input hold it (when more than one and ``unique_in_input``), and ``_seen_in``, the
+    earliest other batch of ``table`` that holds it. Only keys are shuffled, never records.
+    None when nothing needs checking (no uniqueness asked, no table yet)."""
     from pyspark.sql import functions as F
-    if not tables.table_exists(spark, table):
-        return df
-    seen = (spark.table(table).where(F.col(INGEST_BATCH) != batch_id)
-            .groupBy(F.col(key).alias("_seen_key"))
-            .agg(F.min(INGEST_BATCH).alias("_seen_in")))
-    df = df.join(seen, df[KEY] == seen["_seen_key"], "left").drop("_seen_key")
-    return df.withColumn("reason", F.when(
-        F.col("reason").isNull() & F.col("_seen_in").isNotNull(),
-        F.concat(F.lit(f"{key} already ingested in batch "), F.col("_seen_in")))
-        .otherwise(F.col("reason"))).drop("_seen_in")
+    keys = records.where(F.col(KEY).isNotNull()).select(KEY)
+    found = []
+    if unique_in_input:
+        found.append(keys.groupBy(KEY).agg(F.count(F.lit(1)).alias("_dups"))
+                     .where(F.col("_dups") > 1))
+    if tables.table_exists(spark, table):
+        seen = (spark.table(table).where(F.col(INGEST_BATCH) != batch_id)
+                .groupBy(F.col(key).alias(KEY)).agg(F.min(INGEST_BATCH).alias("_seen_in")))
+        found.append(seen.join(keys.distinct(), KEY, "left_semi"))
+    if not found:
+        return None
+    problems = found[0] if len(found) == 1 else found[0].join(found[1], KEY, "full_outer")
+    return problems.localCheckpoint(eager=True)
+
+
+def _mark_key_problems(spark, records, table: str, batch_id: str, key: str,
+                       unique_in_input: bool):
+    """Refuse valid records whose key is repeated in the input (every record holding it) or
+    already in ``table`` under another batch, in that order of reasons."""
+    from pyspark.sql import functions as F
+    problems = key_problems(spark, records, table, batch_id, key, unique_in_input)
+    n = problems.count() if problems is not None else 0
+    if n == 0:
+        return records
+    for name in ("_dups", "_seen_in"):
+        if name not in problems.columns:
+            problems = problems.withColumn(name, F.lit(None).cast(
+                "long" if name == "_dups" else "string"))
+    small = n <= BROADCAST_MAX_KEYS
+    records = records.join(F.broadcast(problems) if small else problems, KEY, "left")
+    records = records.withColumn("reason", F.coalesce(
+        F.col("reason"),
+        F.when(F.col("_dups") > 1, F.format_string(
+            f"duplicate {key} %s: %d rows with this {key} in the input", F.col(KEY),
+            F.col("_dups"))),
+        F.when(F.col("_seen_in").isNotNull(),
+               F.concat(F.lit(f"{key} already ingested in batch "), F.col("_seen_in")))
+    )).drop("_dups", "_seen_in")
+    # Read three more times (counts and two writes): a shuffle join is made once.
+    return records if small else records.localCheckpoint(eager=True)
 
 
 def _reconcile(spark, table: str, qtable: str, batch_id: str, input_rows: int) -> tuple[int, int]:
@@ -111,10 +152,9 @@ def ingest(spark, job: IngestJob, source: str, table: str,
     log.info(f"reading {len(files.paths):,} file(s) of {source} as {job.workload} "
              f"(batch {batch_id})")
     with temporary_conf(spark, job.spark_conf):
-        records = job.read(spark, files)
-        records = _mark_keys_seen_elsewhere(spark, records, table, batch_id, job.key)
-        # Read and validate once; cut the lineage (the table is read above, written below).
-        records = records.localCheckpoint(eager=True)
+        # Read and validate once; cut the lineage (the table is read and written below).
+        records = job.read(spark, files).localCheckpoint(eager=True)
+    records = _mark_key_problems(spark, records, table, batch_id, job.key, job.unique_in_input)
     # One pass over the checkpoint: how many records, and how many of them are valid.
     outcome = {r[0]: r[1] for r in records.groupBy(F.col("reason").isNull()).count().collect()}
     input_rows = sum(outcome.values())

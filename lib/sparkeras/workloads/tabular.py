@@ -87,9 +87,9 @@ def validate(raw, schema: TableSchema):
     (:mod:`sparkeras.readers`): every value checked against its declared kind.
 
     Reasons, joined with "; " when a record has several: missing or empty field, id not an
-    integer, a value not of its kind, an unknown declared category or class, and a duplicate
-    id within the input."""
-    from pyspark.sql import Window
+    integer, a value not of its kind, an unknown declared category or class. Ids that are
+    not unique (within the input, or already ingested) are the ingest stage's check, made
+    after this one (:attr:`~sparkeras.ingest.IngestJob.unique_in_input`)."""
     from pyspark.sql import functions as F
     key = _id_value(schema)
     checks = [F.coalesce(_empty(schema.id), F.when(key.isNull(), F.concat(
@@ -106,14 +106,7 @@ def validate(raw, schema: TableSchema):
     field_reason = F.concat_ws("; ", *checks)
     reason = F.coalesce(F.col("_parse_error"), F.when(field_reason != "", field_reason))
 
-    df = raw.select("*", reason.alias("reason"), key.alias("_key"))
-    dup_count = F.count(F.lit(1)).over(Window.partitionBy("_key"))
-    df = df.withColumn("_dups", F.when(F.col("reason").isNull(), dup_count))
-    df = df.withColumn("reason", F.when(
-        F.col("_dups") > 1,
-        F.format_string(f"duplicate {schema.id} %d: %d rows with this {schema.id} in the input",
-                        F.col("_key"), F.col("_dups"))).otherwise(F.col("reason")))
-    return df.drop("_dups")
+    return raw.select("*", reason.alias("reason"), key.alias("_key"))
 
 
 def valid_columns(schema: TableSchema) -> list:
@@ -155,7 +148,7 @@ def ingest_job(cfg, schema: TableSchema, fmt: str = "csv", workload: Optional[st
         return validate(raw, schema)
     return IngestJob(
         workload=workload or schema.name, key=schema.id, table_format=cfg.tables.format,
-        read=read, valid_columns=valid_columns(schema),
+        read=read, unique_in_input=True, valid_columns=valid_columns(schema),
         quarantine_columns=[F.col("raw").alias("raw_record"), "reason", "source_file"],
         table_properties={SCHEMA_PROPERTY: json.dumps(schema.to_dict())})  # in order
 
