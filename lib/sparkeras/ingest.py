@@ -84,15 +84,16 @@ def key_problems(spark, records, table: str, batch_id: str, key: str, unique_in_
     earliest other batch of ``table`` that holds it. Only keys are shuffled, never records.
     None when nothing needs checking (no uniqueness asked, no table yet)."""
     from pyspark.sql import functions as F
-    keys = records.where(F.col(KEY).isNotNull()).select(KEY)
+    # Every key once, with its count: one aggregation serves both checks.
+    counts = (records.where(F.col(KEY).isNotNull()).groupBy(KEY)
+              .agg(F.count(F.lit(1)).alias("_dups")))
     found = []
     if unique_in_input:
-        found.append(keys.groupBy(KEY).agg(F.count(F.lit(1)).alias("_dups"))
-                     .where(F.col("_dups") > 1))
+        found.append(counts.where(F.col("_dups") > 1))
     if tables.table_exists(spark, table):
         seen = (spark.table(table).where(F.col(INGEST_BATCH) != batch_id)
                 .groupBy(F.col(key).alias(KEY)).agg(F.min(INGEST_BATCH).alias("_seen_in")))
-        found.append(seen.join(keys.distinct(), KEY, "left_semi"))
+        found.append(seen.join(counts.select(KEY), KEY, "left_semi"))
     if not found:
         return None
     problems = found[0] if len(found) == 1 else found[0].join(found[1], KEY, "full_outer")
