@@ -3,6 +3,7 @@ the one-line error when another process holds the embedded metastore."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from sparkeras.config import load_config
 from sparkeras.session import is_connect, remote_url, session_conf
@@ -32,6 +33,12 @@ def test_no_generated_method_is_too_big_for_the_jit_unless_the_user_says_so(spar
     mine = load_config(None, [f"state_dir={tmp_path}",
                               "spark.conf={spark.sql.codegen.hugeMethodLimit: 65535}"])
     assert session_conf(mine)["spark.sql.codegen.hugeMethodLimit"] == "65535"
+
+
+def test_the_hive_client_keeps_its_resources_folder_in_the_state_folder(spark, cfg):
+    # By default it makes /tmp/<uuid>_resources at every start and never removes it.
+    spark.sql("SHOW TABLES").collect()
+    assert (Path(cfg.state_dir) / "tmp" / "hive_resources").is_dir()
 
 
 def test_a_held_metastore_is_one_line_naming_the_server(spark, cfg):

@@ -56,6 +56,9 @@ def session_conf(cfg: Config) -> dict[str, str]:
         "spark.sql.catalogImplementation": s.catalog,
         "spark.hadoop.javax.jdo.option.ConnectionURL":
             f"jdbc:derby:;databaseName={s.metastore_dir};create=true",
+        # The Hive client makes a folder for downloaded resources at every start and never
+        # removes it: one per command in /tmp by default (<uuid>_resources), one here instead.
+        "spark.hadoop.hive.downloaded.resources.dir": str((state / "tmp" / "hive_resources").absolute()),
         "spark.driver.extraJavaOptions": java_opts,
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": "false",
