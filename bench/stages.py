@@ -18,7 +18,12 @@ group (the CLI, its JVM and Python workers, sampled every 0.2 s). One extra run 
 sparkeras command writes Spark's event log; the results hold its breakdown: seconds from
 process start to the first job, each job's span, and what follows the last job; for
 scoring, each task's seconds from its first input batch to its first prediction (model
-start included: ``$SPARKERAS_WORKER_TIMINGS``, see ``scoring.FirstPrediction``). Results:
+start included: ``$SPARKERAS_WORKER_TIMINGS``, see ``scoring.FirstPrediction``).
+
+``--baseline REV`` also runs each sparkeras command as it was at git revision ``REV`` (a
+worktree of this repository put first on ``PYTHONPATH``), alternating with the current code
+and the floor, and traces it too: a change measured before and after in one sitting.
+Results:
 ``bench/results/stages-<UTC time>.json``, summarised in docs/performance.md.
 """
 from __future__ import annotations
@@ -86,6 +91,23 @@ def run(cmd: list[str], env: dict | None = None) -> dict:
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak[0]), "summary": json.loads(last)}
 
 
+def baseline_worktree(rev: str) -> tuple[Path, str]:
+    """A git worktree of this repository at ``rev`` (removed by :func:`drop_worktree`) and
+    the commit it resolved to."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    path = Path(tempfile.mkdtemp(prefix="sparkeras-baseline-")) / commit
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), commit],
+                   check=True)
+    return path, commit
+
+
+def drop_worktree(path: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                   check=False)
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def sparkeras(state: str, *args: str, conf: str = "") -> list[str]:
     sets = ["--set", f"state_dir={state}"]
     if conf:
@@ -128,7 +150,7 @@ def breakdown(event_dir: Path, started_at: float) -> dict:
             "after_last_job_s": round(app_end - last, 2) if app_end and last else None}
 
 
-def traced(cmd_args: list[str], state: str) -> dict:
+def traced(cmd_args: list[str], state: str, env: dict | None = None) -> dict:
     """One more run of a sparkeras command with Spark's event log on: its breakdown."""
     events = Path(tempfile.mkdtemp(prefix="sparkeras-events-"))
     # one plain file (Spark 4 rolls and compresses event logs by default)
@@ -137,7 +159,7 @@ def traced(cmd_args: list[str], state: str) -> dict:
     timings = events.with_suffix(".timings")
     started = time.time()
     result = run(sparkeras(state, *cmd_args, conf=conf),
-                 env={"SPARKERAS_WORKER_TIMINGS": str(timings)})
+                 env={**(env or {}), "SPARKERAS_WORKER_TIMINGS": str(timings)})
     out = {"seconds": result["seconds"], **breakdown(events, started)}
     if timings.exists():      # scoring: each task's first batch to its first prediction
         out["first_prediction_s"] = [json.loads(line)["first_prediction_s"]
@@ -196,7 +218,18 @@ def main() -> None:
                     help="skip the extra run with Spark's event log (its breakdown)")
     ap.add_argument("--state", help="a state folder prepared by an earlier run (kept); "
                     "by default a new one, removed at the end")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run each sparkeras command as of git revision REV, alternating")
     args = ap.parse_args()
+    baseline = baseline_worktree(args.baseline) if args.baseline else None
+    try:
+        measure(args, baseline)
+    finally:
+        if baseline:
+            drop_worktree(baseline[0])
+
+
+def measure(args, baseline) -> None:
     state = args.state or tempfile.mkdtemp(prefix="sparkeras-stages-")
     names = args.stages.split(",")
     if any(n.endswith("_incidents") for n in names):
@@ -222,11 +255,15 @@ def main() -> None:
     results: dict = {}
     for name in names:
         ours, theirs = stages[name]
-        runs: dict = {"sparkeras": [], "floor": []}
+        methods = [("sparkeras", sparkeras(state, *ours), None)]
+        if baseline:
+            methods.insert(0, ("baseline", sparkeras(state, *ours),
+                               {"PYTHONPATH": str(baseline[0] / "lib")}))
+        methods.append(("floor", floor(state, *theirs), None))
+        runs: dict = {m: [] for m, _, _ in methods}
         for i in range(args.repeats):
-            for method, cmd in (("sparkeras", sparkeras(state, *ours)),
-                                ("floor", floor(state, *theirs))):
-                r = run(cmd)
+            for method, cmd, env in methods:
+                r = run(cmd, env)
                 runs[method].append(r)
                 log(f"{name} {method} run {i + 1}: {r['seconds']:.1f} s, peak {r['peak_rss_mb']} MiB")
         median = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
@@ -237,11 +274,19 @@ def main() -> None:
             "runs": runs,
             "breakdown": None if args.no_trace else traced(ours, state),
         }
+        if baseline:
+            results[name]["ratio_floor_over_baseline"] = round(
+                median["floor"] / median["baseline"], 3)
+            results[name]["baseline_breakdown"] = None if args.no_trace else traced(
+                ours, state, {"PYTHONPATH": str(baseline[0] / "lib")})
         log(f"{name}: sparkeras {median['sparkeras']:.1f} s, floor {median['floor']:.1f} s, "
-            f"ratio {results[name]['ratio_floor_over_sparkeras']:.2f}x")
+            f"ratio {results[name]['ratio_floor_over_sparkeras']:.2f}x"
+            + (f" (baseline {median['baseline']:.1f} s, "
+               f"{results[name]['ratio_floor_over_baseline']:.2f}x)" if baseline else ""))
     write_results("stages", {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                              "score_rows": args.score_rows, "ingest_rows": args.ingest_rows,
                              "images": args.images,
+                             "baseline": baseline[1] if baseline else None,
                              "repeats": args.repeats, "stages": results})
     if not args.state:
         shutil.rmtree(state, ignore_errors=True)
