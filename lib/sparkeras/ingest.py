@@ -73,20 +73,32 @@ class IngestResult:
                 **self.extra}
 
 
+def _keys_seen_elsewhere(spark, table: str, batch_id: str, key: str, name: str):
+    """The keys already in ``table`` under batches other than ``batch_id`` (as column
+    ``name``), each with the earliest such batch (``_seen_in``); None before the table exists."""
+    from pyspark.sql import functions as F
+    if not tables.table_exists(spark, table):
+        return None
+    return (spark.table(table).where(F.col(INGEST_BATCH) != batch_id)
+            .groupBy(F.col(key).alias(name)).agg(F.min(INGEST_BATCH).alias("_seen_in")))
+
+
+def _seen_reason(key: str):
+    from pyspark.sql import functions as F
+    return F.concat(F.lit(f"{key} already ingested in batch "), F.col("_seen_in"))
+
+
 def _mark_keys_seen_elsewhere(spark, df, table: str, batch_id: str, key: str):
     """Quarantine valid records whose key is already in ``table`` under another batch (for
     workloads that do not check keys within the input: joined into the read, before the
     checkpoint, which measured faster for images than a separate pass over the keys)."""
     from pyspark.sql import functions as F
-    if not tables.table_exists(spark, table):
+    seen = _keys_seen_elsewhere(spark, table, batch_id, key, "_seen_key")
+    if seen is None:
         return df
-    seen = (spark.table(table).where(F.col(INGEST_BATCH) != batch_id)
-            .groupBy(F.col(key).alias("_seen_key"))
-            .agg(F.min(INGEST_BATCH).alias("_seen_in")))
     df = df.join(seen, df[KEY] == seen["_seen_key"], "left").drop("_seen_key")
     return df.withColumn("reason", F.when(
-        F.col("reason").isNull() & F.col("_seen_in").isNotNull(),
-        F.concat(F.lit(f"{key} already ingested in batch "), F.col("_seen_in")))
+        F.col("reason").isNull() & F.col("_seen_in").isNotNull(), _seen_reason(key))
         .otherwise(F.col("reason"))).drop("_seen_in")
 
 
@@ -95,41 +107,32 @@ def _mark_keys_seen_elsewhere(spark, df, table: str, batch_id: str, key: str):
 BROADCAST_MAX_KEYS = 1_000_000
 
 
-def key_problems(spark, records, table: str, batch_id: str, key: str, unique_in_input: bool):
+def key_problems(spark, records, table: str, batch_id: str, key: str):
     """The keys of ``records`` that are not unique, one row each: ``_dups``, how many records
-    of the input hold it (when more than one and ``unique_in_input``), and ``_seen_in``, the
-    earliest other batch of ``table`` that holds it. Only keys are shuffled, never records.
-    None when nothing needs checking (no uniqueness asked, no table yet)."""
+    of the input hold it (when more than one), and ``_seen_in``, the earliest other batch of
+    ``table`` that holds it (null when none). Only keys are shuffled, never records."""
     from pyspark.sql import functions as F
     # Every key once, with its count: one aggregation serves both checks.
     counts = (records.where(F.col(KEY).isNotNull()).groupBy(KEY)
               .agg(F.count(F.lit(1)).alias("_dups")))
-    found = []
-    if unique_in_input:
-        found.append(counts.where(F.col("_dups") > 1))
-    if tables.table_exists(spark, table):
-        seen = (spark.table(table).where(F.col(INGEST_BATCH) != batch_id)
-                .groupBy(F.col(key).alias(KEY)).agg(F.min(INGEST_BATCH).alias("_seen_in")))
-        found.append(seen.join(counts.select(KEY), KEY, "left_semi"))
-    if not found:
-        return None
-    problems = found[0] if len(found) == 1 else found[0].join(found[1], KEY, "full_outer")
+    problems = counts.where(F.col("_dups") > 1)
+    seen = _keys_seen_elsewhere(spark, table, batch_id, key, KEY)
+    if seen is None:
+        problems = problems.withColumn("_seen_in", F.lit(None).cast("string"))
+    else:
+        problems = problems.join(seen.join(counts.select(KEY), KEY, "left_semi"), KEY,
+                                 "full_outer")
     return problems.localCheckpoint(eager=True)
 
 
-def _mark_key_problems(spark, records, table: str, batch_id: str, key: str,
-                       unique_in_input: bool):
+def _mark_key_problems(spark, records, table: str, batch_id: str, key: str):
     """Refuse valid records whose key is repeated in the input (every record holding it) or
     already in ``table`` under another batch, in that order of reasons."""
     from pyspark.sql import functions as F
-    problems = key_problems(spark, records, table, batch_id, key, unique_in_input)
-    n = problems.count() if problems is not None else 0
+    problems = key_problems(spark, records, table, batch_id, key)
+    n = problems.count()
     if n == 0:
         return records
-    for name in ("_dups", "_seen_in"):
-        if name not in problems.columns:
-            problems = problems.withColumn(name, F.lit(None).cast(
-                "long" if name == "_dups" else "string"))
     small = n <= BROADCAST_MAX_KEYS
     records = records.join(F.broadcast(problems) if small else problems, KEY, "left")
     records = records.withColumn("reason", F.coalesce(
@@ -137,8 +140,7 @@ def _mark_key_problems(spark, records, table: str, batch_id: str, key: str,
         F.when(F.col("_dups") > 1, F.format_string(
             f"duplicate {key} %s: %d rows with this {key} in the input", F.col(KEY),
             F.col("_dups"))),
-        F.when(F.col("_seen_in").isNotNull(),
-               F.concat(F.lit(f"{key} already ingested in batch "), F.col("_seen_in")))
+        F.when(F.col("_seen_in").isNotNull(), _seen_reason(key)),
     )).drop("_dups", "_seen_in")
     # Read three more times (counts and two writes): a shuffle join is made once.
     return records if small else records.localCheckpoint(eager=True)
@@ -176,7 +178,7 @@ def ingest(spark, job: IngestJob, source: str, table: str,
         # Read and validate once; cut the lineage (the table is read and written below).
         records = records.localCheckpoint(eager=True)
     if job.unique_in_input:     # keys checked from the keys alone, after the checkpoint
-        records = _mark_key_problems(spark, records, table, batch_id, job.key, True)
+        records = _mark_key_problems(spark, records, table, batch_id, job.key)
     # One pass over the checkpoint: how many records, and how many of them are valid.
     outcome = {r[0]: r[1] for r in records.groupBy(F.col("reason").isNull()).count().collect()}
     input_rows = sum(outcome.values())
