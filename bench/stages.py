@@ -252,13 +252,14 @@ def measure(args, baseline) -> None:
                           ["ingest-images", "--source", f"{state}/images", "--table",
                            "floor_images_ingested"]),
     }
+    # the baseline's library first on the path of its commands (and their Python workers)
+    baseline_env = {"PYTHONPATH": str(baseline[0] / "lib")} if baseline else None
     results: dict = {}
     for name in names:
         ours, theirs = stages[name]
         methods = [("sparkeras", sparkeras(state, *ours), None)]
         if baseline:
-            methods.insert(0, ("baseline", sparkeras(state, *ours),
-                               {"PYTHONPATH": str(baseline[0] / "lib")}))
+            methods.insert(0, ("baseline", sparkeras(state, *ours), baseline_env))
         methods.append(("floor", floor(state, *theirs), None))
         runs: dict = {m: [] for m, _, _ in methods}
         for i in range(args.repeats):
@@ -278,7 +279,7 @@ def measure(args, baseline) -> None:
             results[name]["ratio_floor_over_baseline"] = round(
                 median["floor"] / median["baseline"], 3)
             results[name]["baseline_breakdown"] = None if args.no_trace else traced(
-                ours, state, {"PYTHONPATH": str(baseline[0] / "lib")})
+                ours, state, baseline_env)
         log(f"{name}: sparkeras {median['sparkeras']:.1f} s, floor {median['floor']:.1f} s, "
             f"ratio {results[name]['ratio_floor_over_sparkeras']:.2f}x"
             + (f" (baseline {median['baseline']:.1f} s, "
