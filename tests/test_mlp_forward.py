@@ -82,3 +82,43 @@ def test_a_linear_model_without_hidden_layers():
     plan = mlp_forward.export(model, config)
     x = mlp_forward.random_inputs(config, plan, rows=100)
     assert mlp_forward.max_difference(plan, model, x) <= mlp_forward.TOLERANCE
+
+
+def test_flags_go_through_the_model_once_per_distinct_row():
+    """Inputs that are all 0/1 flags: each distinct row is computed once and the outputs
+    come back in the batch's order, equal to the full pass."""
+    model, config = _model("classification")
+    plan = mlp_forward.export(model, config)
+    rng = np.random.default_rng(7)
+    flags = rng.integers(0, 2, (5000, 3)).astype(np.float32)
+    x = {"features": flags, "CITY": np.full((5000, 1), "Oslo", object),
+         "PLAN": np.full((5000, 1), "gold", object)}
+    seen = []
+
+    def forward(rows):
+        seen.append(len(rows))
+        return mlp_forward.forward(plan, {**x, "features": rows,
+                                          **{c: x[c][:len(rows)] for c in ("CITY", "PLAN")}})
+    out = mlp_forward.on_distinct_flags(forward, flags)
+    assert seen == [8]                                  # 2**3 distinct rows, not 5,000
+    np.testing.assert_allclose(out, mlp_forward.forward(plan, x), rtol=0, atol=1e-6)
+    assert out.shape == (5000, 3)
+    # the same row always gets the same numbers
+    ones = np.all(flags == 1, axis=1)
+    assert (out[ones] == out[ones][0]).all()
+
+
+@pytest.mark.parametrize("features", [
+    np.array([[0, 1], [1, 0.5], [0, 1]], np.float32),       # a value that is not a flag
+    np.array([[0, 1]], np.float32),                         # one row
+    np.zeros((4, 0), np.float32),                            # no columns
+])
+def test_anything_but_flags_goes_through_the_model_as_it_is(features):
+    seen = []
+
+    def forward(rows):
+        seen.append(rows)
+        return rows.sum(axis=1, keepdims=True)
+    out = mlp_forward.on_distinct_flags(forward, features)
+    assert len(seen) == 1 and seen[0] is features
+    np.testing.assert_array_equal(out, features.sum(axis=1, keepdims=True))

@@ -4,6 +4,7 @@ import json
 
 import pytest
 from mlflow import MlflowClient
+from plans import python_passes
 from pyspark.sql import functions as F
 
 from sparkeras.ingest import ingest_incidents
@@ -107,6 +108,18 @@ def test_scoring_reconciles_and_rerun_replaces(trained, spark, cfg):
     keras_probs = load_keras(model.uri).predict_on_batch(
         rows[incidents.FEATURES].to_numpy(np.float32))
     np.testing.assert_allclose(rows[probs].to_numpy(), keras_probs, rtol=0, atol=1e-6)
+
+
+def test_the_model_runs_once_per_row(trained, spark, cfg):
+    """Scoring keeps the rows whose outputs are finite: that filter on the model's outputs
+    must not make Spark run the model a second time (it did: the optimizer pushed the
+    filter below the projection with a copy of the UDF, and the pass took twice as long)."""
+    from sparkeras.scoring import resolve_model
+    model = resolve_model(cfg, None, MODEL)
+    scored = incidents.predict_columns(spark.table("tr_incidents"), model)
+    kept = scored.where(F.col("_reason").isNull()).select("ID", "predicted_label")
+    assert python_passes(kept) == 1
+    assert kept.count() == 12000
 
 
 def test_unscorable_rows_go_to_quarantine(trained, spark, cfg):

@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from plans import python_passes
 from pyspark.sql import functions as F
 
 from sparkeras.ingest import ingest_images
@@ -101,6 +102,21 @@ def test_score_encoded_images_quarantines_undecodable(spark, image_cfg, trained,
     assert reasons["c.jpg"].startswith("corrupt image")
     assert reasons["d.txt"].startswith("not an image")
     assert reasons["e.jpg"] == "missing image" and reasons[None] == "missing image_id"
+
+
+def test_the_model_and_the_decoder_run_once_per_row(spark, image_cfg, trained):
+    """Filters on a UDF's outputs never make Spark copy the UDF (see the incident test)."""
+    from sparkeras.scoring import resolve_model
+    from sparkeras.workloads import images
+    model = resolve_model(image_cfg, None, image_cfg.registry.image_model)
+    scored = images.predict_image_columns(spark.table("digits"), model)
+    assert python_passes(scored.where(F.col("_reason").isNull()).select("image_id")) == 1
+    records = spark.createDataFrame([("a", b"not an image", None, None, None, None)],
+                                    "image_id string, payload binary, src_height int, "
+                                    "src_width int, src_channels int, reason string")
+    tensors = images.to_tensors(records, 28, 28, 1)
+    kept = tensors.where(F.col("reason").isNull()).select("image_id", "image")
+    assert python_passes(kept) == 1 and kept.count() == 0
 
 
 def test_incident_model_cannot_score_images(spark, image_cfg, trained):

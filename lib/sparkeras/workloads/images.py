@@ -54,7 +54,8 @@ def tensor_udf(height: int, width: int, channels: int):
             **{k: pd.array(out[k], dtype="Int32") for k in
                ("height", "width", "channels", "original_height", "original_width")},
         })[[c.split()[0] for c in TENSOR_SCHEMA.split(", ")]]
-    return convert
+    # never copied by the optimizer under a filter on its outputs (see tabular.predict_udf)
+    return convert.asNondeterministic()
 
 
 def to_tensors(records, height: int, width: int, channels: int):
@@ -273,7 +274,8 @@ def image_predict_udf(model, with_dims: bool = True, chunk_rows: int = 128):
                 out[f"top_{j + 1}_probability"] = prob
             timer.predicted()
             yield pd.DataFrame(out)
-    return predict
+    # never copied by the optimizer under a filter on its outputs (see tabular.predict_udf)
+    return predict.asNondeterministic()
 
 
 def predict_image_columns(df, model, chunk_rows: int = 128):

@@ -291,6 +291,9 @@ def predict_udf(model, schema: TableSchema):
     schema_ddl = ", ".join(f"`{n}` {'float' if classification else 'double'}" for n in names)
     inputs = {FEATURES_INPUT: ((len(numeric),), "float32")} if numeric else {}
     inputs.update({c: ((1,), "string") for c in categorical})
+    # all inputs are 0/1 flags (the incidents): each distinct row goes through the model once
+    flags_only = bool(numeric) and not categorical and all(
+        f.kind == "binary" for f in schema.numeric)
 
     @pandas_udf(schema_ddl)
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -300,6 +303,8 @@ def predict_udf(model, schema: TableSchema):
                 timer = FirstPrediction()
                 forward = (numpy_forward(model) if model.forward_plan
                            else keras_forward(model, inputs))
+                if flags_only:
+                    forward = _by_distinct_rows(forward)
             x = {}
             if numeric:
                 x[FEATURES_INPUT] = pdf[numeric].to_numpy(dtype=np.float32)
@@ -308,7 +313,17 @@ def predict_udf(model, schema: TableSchema):
             p = forward(x)
             timer.predicted()
             yield pd.DataFrame({n: p[:, i] for i, n in enumerate(names)}, copy=False)
-    return predict
+    # Non-deterministic to the optimizer, so that it never copies the model pass: a filter
+    # on the outputs (``_reason``) is otherwise pushed below the projection, and Spark runs
+    # the model once for the filter and once more for the columns (measured: twice the time).
+    return predict.asNondeterministic()
+
+
+def _by_distinct_rows(forward):
+    """``forward`` for inputs that are all flags: each distinct row computed once."""
+    from .. import mlp_forward
+    return lambda x: mlp_forward.on_distinct_flags(
+        lambda rows: forward({FEATURES_INPUT: rows}), x[FEATURES_INPUT])
 
 
 def input_problems(schema: TableSchema, dtypes: dict):
