@@ -100,12 +100,11 @@ def on_distinct_flags(forward, features: np.ndarray) -> np.ndarray:
     A model whose inputs are all flags (the incidents' seven signals) sees at most 2**k
     distinct rows, however many it scores: a batch of 50,000 incidents holds at most 128.
     Rows are packed into integers, each distinct row goes through the model once, and the
-    outputs are gathered back in the batch's order: the full pass's numbers within float32
-    rounding (BLAS may sum a row in another order in a smaller batch; measured: at most
-    1e-6 with random unit-scale weights), at a
-    fraction of its cost (measured in ``docs/performance.md``), and identical inputs always
-    get identical outputs. Anything that is not a 0/1 matrix of at most 62 columns goes
-    through ``forward`` as it is."""
+    outputs are gathered back in the batch's order, at a fraction of the full pass's cost
+    (``docs/performance.md``). They equal its numbers within float32 rounding: BLAS may sum
+    a row in another order in a smaller batch (measured: at most 1e-6 with random
+    unit-scale weights). Identical inputs always get identical outputs. Anything that is
+    not a 0/1 matrix of at most 62 columns goes through ``forward`` as it is."""
     features = np.asarray(features)
     n, k = features.shape if features.ndim == 2 else (0, 0)
     if n < 2 or not 0 < k <= 62 or not np.all((features == 0) | (features == 1)):
