@@ -73,3 +73,24 @@ def test_the_input_is_counted_while_its_rows_are_written(spark):
     started = time.monotonic()
     assert _metrics(never, timeout=0.5) is None
     assert time.monotonic() - started < 5
+
+
+def test_a_view_is_replaced_only_when_its_query_changes(spark):
+    """Every score re-states its daily view: the same query leaves the view as it is (a
+    property marks it; replacing would drop the marker set here), another query replaces it,
+    and so does a view made before the property existed."""
+    from sparkeras.tables import create_view
+
+    def marked():
+        props = {r[0]: r[1] for r in spark.sql("SHOW TBLPROPERTIES tb_view").collect()}
+        return props.get("marker") == "kept"
+
+    write_batches(spark, rows(spark, [(1, "a"), (2, "b")]), "tb_viewed", "batch", ["a", "b"],
+                  "parquet")
+    spark.sql("CREATE OR REPLACE VIEW tb_view AS SELECT COUNT(*) AS n FROM tb_viewed")
+    create_view(spark, "tb_view", "SELECT COUNT(*) AS n FROM tb_viewed")    # made before: replaced
+    spark.sql("ALTER VIEW tb_view SET TBLPROPERTIES ('marker' = 'kept')")
+    create_view(spark, "tb_view", "SELECT COUNT(*) AS n FROM tb_viewed")
+    assert marked() and spark.table("tb_view").first().n == 2
+    create_view(spark, "tb_view", "SELECT SUM(v) AS n FROM tb_viewed")
+    assert not marked() and spark.table("tb_view").first().n == 3
