@@ -2,7 +2,7 @@
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from sparkeras.tables import replace_present_batches, write_batches
+from sparkeras.tables import write_batches
 
 
 def rows(spark, data):
@@ -40,39 +40,6 @@ def test_delta_replace_where_selects_exactly_the_named_batches(spark):
     assert sorted(r[0] for r in kept.collect()) == ["2026-11-21", "o'hara\\x"]
     with pytest.raises(ValueError, match="at least one batch id"):
         replace_where("batch_id", [])
-
-
-def test_the_input_is_counted_while_its_rows_are_written(spark):
-    """Spark's observed metrics on a write (how a re-score counts its input without a pass of
-    its own) equal a counting pass; a write replaces only the batches it has rows for; an
-    observation that is never filled gives None after its timeout instead of waiting."""
-    import time
-
-    from pyspark.sql import functions as F
-
-    from sparkeras.scoring import InputCounts, _metrics, _observation
-    df = spark.createDataFrame(
-        [(1, "a", None), (2, "a", "bad"), (3, "b", None), (4, "c", "bad"), (5, "b", None)],
-        "v int, _batch string, _problem string")
-    write_batches(spark, rows(spark, [(0, "a"), (0, "b"), (0, "c"), (0, "d")]), "tb_observed",
-                  "batch", ["a", "b", "c", "d"], "parquet")
-    seen = _observation(spark)
-    given = df.observe(seen, *InputCounts.metrics()).where("_problem IS NULL")
-    replace_present_batches(spark, given.select("v", F.col("_batch").alias("batch")),
-                            "tb_observed", "batch", "parquet")
-    counted = InputCounts.of(df)
-    assert counted == InputCounts(5, ["a", "b", "c"], {"a", "c"}, {"a", "b"}, 3,
-                                  {"a": 1, "b": 2})
-    assert InputCounts.observed(_metrics(seen)) == InputCounts(5, ["a", "b", "c"], {"a", "c"},
-                                                               {"a", "b"}, 3)
-    # c had no rows to write: left as it was, for the caller to drop
-    assertDataFrameEqual(spark.table("tb_observed"),
-                         rows(spark, [(1, "a"), (3, "b"), (5, "b"), (0, "c"), (0, "d")]))
-    never = _observation(spark)
-    df.observe(never, F.count(F.lit(1)))                 # no action runs it: get would wait
-    started = time.monotonic()
-    assert _metrics(never, timeout=0.5) is None
-    assert time.monotonic() - started < 5
 
 
 def test_a_view_is_replaced_only_when_its_query_changes(spark):

@@ -137,12 +137,11 @@ def test_unscorable_rows_go_to_quarantine(trained, spark, cfg):
     assert reasons == {2: "missing CPU_LOAD", 3: "CPU_LOAD must be 0 or 1, got 2", None: "missing ID"}
 
 
-def test_a_rescore_counts_its_input_while_writing_and_drops_a_batch_now_invalid(trained, spark,
-                                                                               cfg):
-    """Re-scoring into an existing table counts the input during the write (Spark's observed
-    metrics, no counting pass before it); a batch whose rows can no longer be scored loses
-    its earlier scores and its rows go to the quarantine; the counts stay exact."""
-    import logging
+def test_a_batch_whose_rows_became_invalid_loses_its_scores_to_the_quarantine(trained, spark,
+                                                                              cfg):
+    """Re-scoring a table where one batch's rows can no longer be scored: that batch's
+    earlier scores go, its rows are quarantined with their reason, the other batch is
+    scored again, and the counts stay exact."""
     cols = ", ".join(f"{c} int" for c in incidents.FEATURES)
 
     def table(cpu_of_b):
@@ -150,31 +149,19 @@ def test_a_rescore_counts_its_input_while_writing_and_drops_a_batch_now_invalid(
             [(1, 1, 0, 0, 1, 0, 0, 0, "a"), (2, 0, 1, 1, 0, 0, 0, 1, "a"),
              (3, cpu_of_b, 0, 0, 1, 0, 0, 0, "b"), (4, cpu_of_b, 1, 0, 0, 0, 1, 0, "b")],
             f"ID int, {cols}, ingest_batch_id string",
-        ).write.mode("overwrite").saveAsTable("tr_observed")
+        ).write.mode("overwrite").saveAsTable("tr_invalid")
 
     table(1)
-    first = score_incidents(spark, cfg, "default.tr_observed", "default.tr_observed_scores")
+    first = score_incidents(spark, cfg, "default.tr_invalid", "default.tr_invalid_scores")
     assert (first.input_rows, first.scored_rows, first.quarantined_rows) == (4, 4, 0)
     table(2)                                  # batch b's rows are no longer 0/1 signals
-    said = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = lambda record: said.append(record.getMessage())
-    logger = logging.getLogger("sparkeras.scoring")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        again = score_incidents(spark, cfg, "default.tr_observed", "default.tr_observed_scores")
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    assert "input counted while the scores were written" in said
+    again = score_incidents(spark, cfg, "default.tr_invalid", "default.tr_invalid_scores")
     assert (again.input_rows, again.scored_rows, again.quarantined_rows) == (4, 2, 2)
     assert again.batch_ids == ["a", "b"]
-    scored = spark.table("tr_observed_scores").select("ID", "batch_id")
+    scored = spark.table("tr_invalid_scores").select("ID", "batch_id")
     assert sorted(tuple(r) for r in scored.collect()) == [(1, "a"), (2, "a")]
     reasons = {(r.ID, r.batch_id): r.reason
-               for r in spark.table("tr_observed_scores_quarantine").collect()}
+               for r in spark.table("tr_invalid_scores_quarantine").collect()}
     assert reasons == {(3, "b"): "CPU_LOAD must be 0 or 1, got 2",
                        (4, "b"): "CPU_LOAD must be 0 or 1, got 2"}
 

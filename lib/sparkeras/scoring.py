@@ -15,10 +15,8 @@ Performance rules, measured in ``bench/score_incidents.py`` and ``bench/score_im
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -255,84 +253,6 @@ class ScoreResult:
         return dict(self.__dict__)
 
 
-@dataclass
-class InputCounts:
-    """What the scoring stage knows of its input: rows, batches, the batches with rows the
-    model cannot be given (quarantined first), and the rows given to the model (per batch
-    when counted in a pass of their own; in total when observed during the write)."""
-    rows: int
-    batch_ids: list
-    invalid_batches: set
-    given_batches: set
-    given_rows: int
-    given: Optional[dict] = None          # batch -> rows given to the model
-
-    @staticmethod
-    def of(df) -> "InputCounts":
-        """One pass over ``df`` (with ``_batch`` and ``_problem``)."""
-        from pyspark.sql import functions as F
-        counts = {(r[0], r[1]): r[2] for r in df.groupBy(
-            "_batch", F.col("_problem").isNull()).count().collect()}
-        given = {b: n for (b, ok), n in counts.items() if ok}
-        return InputCounts(sum(counts.values()), sorted({b for b, _ in counts}),
-                           {b for b, ok in counts if not ok}, set(given), sum(given.values()),
-                           given)
-
-    @staticmethod
-    def metrics() -> list:
-        """The same, as Spark's observed metrics (aggregates; id sets as JSON text, which
-        every Spark version hands back to Python alike)."""
-        from pyspark.sql import functions as F
-        ok, batch = F.col("_problem").isNull(), F.col("_batch")
-        return [F.count(F.lit(1)).alias("rows"),
-                F.to_json(F.collect_set(batch)).alias("batches"),
-                F.to_json(F.collect_set(F.when(~ok, batch))).alias("invalid"),
-                F.to_json(F.collect_set(F.when(ok, batch))).alias("given_batches"),
-                F.count(F.when(ok, 1)).alias("given_rows")]
-
-    @staticmethod
-    def observed(metrics: Optional[dict]) -> Optional["InputCounts"]:
-        """From the metrics of an observation made with :meth:`metrics` (None: not known)."""
-        keys = ("rows", "batches", "invalid", "given_batches", "given_rows")
-        if not metrics or any(metrics.get(k) is None for k in keys):
-            return None
-        return InputCounts(int(metrics["rows"]), sorted(json.loads(metrics["batches"])),
-                           set(json.loads(metrics["invalid"])),
-                           set(json.loads(metrics["given_batches"])),
-                           int(metrics["given_rows"]))
-
-
-def _observation(spark):
-    """A new ``Observation`` for ``spark``'s kind of session; None where observed metrics
-    cannot be read back (Spark Connect before Spark 4)."""
-    from .session import is_connect
-    if is_connect(spark):
-        try:
-            from pyspark.sql.connect.observation import Observation
-        except ImportError:
-            return None
-        return Observation()
-    from pyspark.sql import Observation
-    return Observation()
-
-
-def _metrics(observation, timeout: float = 10.0) -> Optional[dict]:
-    """The metrics of ``observation`` once the action it watched has finished; None when
-    they do not come. Spark reports them within moments of the action's end, but not for
-    every plan (a Spark Connect server may not return a write's metrics), and classic
-    PySpark's ``get`` waits for them without end: so it waits in a daemon thread, at most
-    ``timeout`` seconds."""
-    got: list = []
-
-    def read():
-        with contextlib.suppress(Exception):
-            got.append(dict(observation.get))
-    reader = threading.Thread(target=read, name="sparkeras-metrics", daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return got[0] if got and got[0] else None
-
-
 def _default_batch(table: str) -> str:
     return "s" + hashlib.sha1(table.encode()).hexdigest()[:15]
 
@@ -366,17 +286,15 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
     else:
         batch = F.lit(_default_batch(table))
     df = src.withColumn("_batch", batch).withColumn("_problem", job.problems(src))
+    # One pass over the input: its batches, and per batch how many rows can be scored.
+    counts = {(r[0], r[1]): r[2] for r in df.groupBy(
+        "_batch", F.col("_problem").isNull()).count().collect()}
+    batch_ids = sorted({b for b, _ in counts})
+    input_rows = sum(counts.values())
+    invalid_batches = {b for b, ok in counts if not ok}
     qtable = tables.quarantine_name(output)
     model = job.model
     log.info(f"scoring {table} with {model.name} version {model.version} into {output}")
-    # Single pass into parquet: the input is counted while the model's rows are written
-    # (Spark's observed metrics) instead of in a pass of its own before.
-    seen_in = seen_out = None
-    if job.single_pass and job.table_format != "delta" and tables.table_exists(spark, output):
-        # (a write that creates the table runs its query apart: Spark 3.5 never reports it)
-        seen_in, seen_out = _observation(spark), _observation(spark)
-    counts = None if seen_in else InputCounts.of(df)
-    model_input = df.observe(seen_in, *InputCounts.metrics()) if seen_in else df
 
     # One time for the whole run, known here: it also tells this run's rows from older ones.
     now = F.lit(datetime.datetime.now())
@@ -384,54 +302,33 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
                F.lit(model.version).alias("model_version")]
     with temporary_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                                 job.arrow_batch_rows}):
-        scored = job.predict(model_input.where(F.col("_problem").isNull()))
-        if not job.single_pass:
-            # Rows are often refused (undecodable images): one pass through the model fills
-            # a cache that both writes read.
-            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-        out = scored.where(F.col("_reason").isNull()).select(
-            *job.output_columns, *lineage, now.alias("scored_at"),
-            F.col("_batch").alias(SCORE_BATCH))
-        failed_batches: set = set()
+        scored = job.predict(df.where(F.col("_problem").isNull()))
+        expected = {b: n for (b, ok), n in counts.items() if ok}   # rows given to the model
         if job.single_pass:
             # The model refuses rows only when it returns non-finite numbers (rare): score
             # straight into the table, and look for refused rows only if some are missing.
-            if counts is None:
-                out = out.observe(seen_out, F.count(F.lit(1)).alias("rows"))
-                tables.replace_present_batches(spark, out, output, SCORE_BATCH,
-                                               job.table_format)
-                seen = _metrics(seen_in)
-                counts = InputCounts.observed(seen) or InputCounts.of(df)
-                log.debug("input counted while the scores were written" if seen else
-                          "no observed metrics came back: input counted in a pass of its own")
-                # a batch none of whose rows reached the model: its older rows must go
-                tables.drop_batches(spark, output, SCORE_BATCH,
-                                    set(counts.batch_ids) - counts.given_batches,
-                                    job.table_format)
-                written_rows = (_metrics(seen_out) or {}).get("rows") if seen else None
-                all_written = written_rows == counts.given_rows
-            else:
-                tables.write_batches(spark, out, output, SCORE_BATCH, counts.batch_ids,
-                                     job.table_format, written=counts.given_batches)
-                all_written = False          # not known: the table says
-            if not all_written:
-                expected = counts.given if counts.given is not None else \
-                    InputCounts.of(df).given
-                written = dict(spark.table(output).where(
-                    F.col(SCORE_BATCH).isin(*counts.batch_ids) & (F.col("scored_at") == now))
-                    .groupBy(SCORE_BATCH).count().collect())
-                failed_batches = {b for b, n in expected.items() if written.get(b, 0) < n}
-                # a batch whose every row was refused wrote nothing: its older rows must go
-                tables.drop_batches(spark, output, SCORE_BATCH,
-                                    [b for b in failed_batches if not written.get(b)],
-                                    job.table_format)
+            scored_batches, failed_batches = set(expected), set()
         else:
+            # Rows are often refused (undecodable images): one pass through the model fills
+            # a cache that both writes read.
+            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
             outcome = scored.groupBy("_batch", F.col("_reason").isNull()).count().collect()
+            scored_batches = {r[0] for r in outcome if r[1] and r[2]}
             failed_batches = {r[0] for r in outcome if not r[1] and r[2]}
-            tables.write_batches(spark, out, output, SCORE_BATCH, counts.batch_ids,
-                                 job.table_format,
-                                 written={r[0] for r in outcome if r[1] and r[2]})
-        batch_ids, input_rows = counts.batch_ids, counts.rows
+        out = scored.where(F.col("_reason").isNull()).select(
+            *job.output_columns, *lineage, now.alias("scored_at"),
+            F.col("_batch").alias(SCORE_BATCH))
+        tables.write_batches(spark, out, output, SCORE_BATCH, batch_ids, job.table_format,
+                             written=scored_batches)
+        if job.single_pass:
+            written = dict(spark.table(output).where(
+                F.col(SCORE_BATCH).isin(*batch_ids) & (F.col("scored_at") == now))
+                .groupBy(SCORE_BATCH).count().collect())
+            failed_batches = {b for b, n in expected.items() if written.get(b, 0) < n}
+            # a batch whose every row was refused wrote nothing: its older rows must go
+            tables.drop_batches(spark, output, SCORE_BATCH,
+                                [b for b in failed_batches if not written.get(b)],
+                                job.table_format)
         keep = [c for c in src.columns if c != "image"]      # never copy image bytes
         raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in keep]))
         failed = scored.where(F.col("_reason").isNotNull()).select(
@@ -441,7 +338,7 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
                .select(F.col(job.key), raw.alias("raw_record"), F.col("_problem").alias("reason"),
                        *lineage, now.alias("quarantined_at"), F.col("_batch").alias(SCORE_BATCH)))
         tables.write_batches(spark, bad, qtable, SCORE_BATCH, batch_ids, job.table_format,
-                             written=counts.invalid_batches | failed_batches)
+                             written=invalid_batches | failed_batches)
         if not job.single_pass:
             scored.unpersist()
 

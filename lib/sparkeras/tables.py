@@ -53,11 +53,19 @@ def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str
     (saves a pass over ``df``; none: ``df`` is not read at all).
     """
     batch_ids = sorted(set(batch_ids))
+    if df.columns[-1] != batch_col:
+        raise ValueError(f"the batch column {batch_col!r} must be the last column of the data")
     if written is not None and not set(written):
         df = df.limit(0)                 # nothing to write: no need to compute ``df``
-    df = _created_or_aligned(spark, df, table, batch_col, fmt)
-    if df is None:
+    if not table_exists(spark, table):
+        ensure_database(spark, table)
+        df.write.format(fmt).partitionBy(batch_col).saveAsTable(table)
         return
+    target_cols = spark.table(table).columns
+    if sorted(target_cols) != sorted(df.columns):
+        raise DataError(f"table {table} has columns {target_cols}, the data has {df.columns}: "
+                        f"write to a new table, or drop this one if its layout is outdated")
+    df = df.select(*target_cols)
     if fmt == "delta":
         # One transaction; Delta refuses rows outside the predicate, and named batches that
         # now have no rows end up empty.
@@ -73,38 +81,6 @@ def write_batches(spark, df, table: str, batch_col: str, batch_ids: Iterable[str
         with temporary_conf(spark, {"spark.sql.sources.partitionOverwriteMode": "dynamic"}):
             df.write.mode("overwrite").insertInto(table)
     drop_batches(spark, table, batch_col, [b for b in batch_ids if b not in written], fmt)
-
-
-def replace_present_batches(spark, df, table: str, batch_col: str, fmt: str) -> None:
-    """Replace the batches of ``table`` that ``df`` has rows for, in one pass over ``df`` and
-    without knowing them beforehand (dynamic partition overwrite; a new table is created).
-
-    For a caller that learns its batches while writing (Spark's observed metrics): batches it
-    meant to replace but ``df`` had no rows for are left as they were, for the caller to drop
-    (:func:`drop_batches`). Not for Delta, whose ``replaceWhere`` names the batches first."""
-    if fmt == "delta":
-        raise ValueError("a Delta table's batches are replaced by name: use write_batches")
-    df = _created_or_aligned(spark, df, table, batch_col, fmt)
-    if df is not None:
-        with temporary_conf(spark, {"spark.sql.sources.partitionOverwriteMode": "dynamic"}):
-            df.write.mode("overwrite").insertInto(table)
-
-
-def _created_or_aligned(spark, df, table: str, batch_col: str, fmt: str):
-    """Create ``table`` from ``df`` (partitioned by ``batch_col``) when it does not exist, and
-    return None; else return ``df`` with the table's column order, after checking that both
-    hold the same columns."""
-    if df.columns[-1] != batch_col:
-        raise ValueError(f"the batch column {batch_col!r} must be the last column of the data")
-    if not table_exists(spark, table):
-        ensure_database(spark, table)
-        df.write.format(fmt).partitionBy(batch_col).saveAsTable(table)
-        return None
-    target_cols = spark.table(table).columns
-    if sorted(target_cols) != sorted(df.columns):
-        raise DataError(f"table {table} has columns {target_cols}, the data has {df.columns}: "
-                        f"write to a new table, or drop this one if its layout is outdated")
-    return df.select(*target_cols)
 
 
 def drop_batches(spark, table: str, batch_col: str, batch_ids: Iterable[str], fmt: str) -> None:
