@@ -126,9 +126,8 @@ def valid_columns(schema: TableSchema) -> list:
 def table_schema(spark, table: str) -> Optional[TableSchema]:
     """The schema ``table`` was ingested with (a table property), or None."""
     from ..schema import schema_from_dict
-    rows = spark.sql(f"SHOW TBLPROPERTIES {table}").collect()
-    props = {r[0]: r[1] for r in rows}
-    text = props.get(SCHEMA_PROPERTY)
+    from ..tables import properties
+    text = properties(spark, table).get(SCHEMA_PROPERTY)
     return schema_from_dict(json.loads(text), f"table {table}") if text else None
 
 
