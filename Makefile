@@ -38,17 +38,27 @@ setup: java $(STAMP)  ## .venv with the pinned stack (and Java 17 if missing)
 
 setup-compat: java $(COMPAT_STAMP)
 
+# pip compiles each installed module to bytecode on one core (half of a venv's setup time);
+# installing with --no-compile, then compiling the venv's packages on every core, ends with
+# the same .pyc files in less time (84 -> 60 s, compat 105 -> 72 s on 2 cores). The .pyc files
+# are needed: with PYTHONDONTWRITEBYTECODE set, imports never write them later, and
+# TensorFlow's import then takes 17 s instead of 7 s in every process.
+PIP_INSTALL = -m pip install -q --no-compile
+COMPILE     = -m compileall -q -j 0 "$$($(1) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+
 $(STAMP): setup.py pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,connect]"
+	$(PY) $(PIP_INSTALL) --upgrade pip setuptools wheel
+	$(PY) $(PIP_INSTALL) -c constraints.txt -e ".[dev,connect]"
+	$(PY) $(call COMPILE,$(PY))
 	$(PY) -m pip check
 	touch $(STAMP)
 
 $(COMPAT_STAMP): setup.py pyproject.toml constraints-compat.txt
 	$(PYTHON) -m venv $(COMPAT_VENV)
-	$(COMPAT_PY) -m pip install -q --upgrade pip setuptools wheel
-	$(COMPAT_PY) -m pip install -q -c constraints-compat.txt -e ".[dev,petastorm]"
+	$(COMPAT_PY) $(PIP_INSTALL) --upgrade pip setuptools wheel
+	$(COMPAT_PY) $(PIP_INSTALL) -c constraints-compat.txt -e ".[dev,petastorm]"
+	$(COMPAT_PY) $(call COMPILE,$(COMPAT_PY))
 	$(COMPAT_PY) -m pip check
 	touch $(COMPAT_STAMP)
 
