@@ -78,3 +78,27 @@ def incident_table(spark, cfg, tmp_path_factory):
         ingest_incidents(spark, cfg, src, name, "csv")
         return f"default.{name}"
     return make
+
+
+@pytest.fixture(scope="session")
+def photo_commands(tmp_path_factory):
+    """A folder of photos through the command line, each step a new process: ``generate
+    images`` (210 in 3 classes, plus one broken file) -> ``ingest images`` -> ``train images``
+    (2 barrier workers, the classic CNN). Shared by the CLI test that checks each step and the
+    drill that kills a scoring worker: the three commands cost ~80 s. Returns the state folder
+    and each command's JSON summary."""
+    from types import SimpleNamespace
+
+    from clirun import sparkeras, summary
+    root = tmp_path_factory.mktemp("photos")
+    state, photos = root / "state", root / "photos"
+    generated = summary(sparkeras(state, "generate", "images", "--count", "210", "--out",
+                                  str(photos), "--format", "folder", "--classes", "3"))
+    (photos / "train" / "angle_060" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    size = ["--set", "images.size.folder=[32, 32, 3]"]
+    ingested = summary(sparkeras(state, *size, "ingest", "images", "--source", str(photos),
+                                 "--table", "shapes", "--format", "folder"))
+    trained = summary(sparkeras(state, *size, "--set", "images.architecture=classic_cnn",
+                                "train", "images", "--table", "shapes", "--epochs", "1",
+                                "--batch-size", "32", "--workers", "2"))
+    return SimpleNamespace(state=state, generated=generated, ingested=ingested, trained=trained)

@@ -112,22 +112,16 @@ def test_unknown_model_is_a_clear_error(demo_state):
     assert "Traceback" not in proc.stderr
 
 
-def test_images_from_the_command_line(tmp_path):
+def test_images_from_the_command_line(photo_commands):
     """generate -> ingest -> train (2 barrier workers) -> score for a photo folder, each in a
-    new process."""
-    state, photos = tmp_path / "state", tmp_path / "photos"
-    summary = json.loads(sparkeras(state, "generate", "images", "--count", "210", "--out",
-                                   str(photos), "--format", "folder", "--classes", "3")
-                         .stdout.strip().splitlines()[-1])
-    assert summary["images"] == 210 and summary["classes"] == ["angle_000", "angle_060", "angle_120"]
-    (photos / "train" / "angle_060" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    size = ["--set", "images.size.folder=[32, 32, 3]"]
-    ingested = json.loads(sparkeras(state, *size, "ingest", "images", "--source", str(photos),
-                                    "--table", "shapes", "--format", "folder").stdout)
+    new process (the first three: the ``photo_commands`` fixture)."""
+    state = photo_commands.state
+    generated = photo_commands.generated
+    assert generated["images"] == 210
+    assert generated["classes"] == ["angle_000", "angle_060", "angle_120"]
+    ingested = photo_commands.ingested                   # and one broken.jpg
     assert (ingested["input_files"], ingested["valid_rows"], ingested["quarantined_rows"]) == (211, 210, 1)
-    trained = json.loads(sparkeras(state, *size, "--set", "images.architecture=classic_cnn",
-                                   "train", "images", "--table", "shapes", "--epochs", "1",
-                                   "--batch-size", "32", "--workers", "2").stdout)
+    trained = photo_commands.trained
     assert trained["labels"] == ["angle_000", "angle_060", "angle_120"]
     assert trained["workers"] == 2 and len(set(trained["weights_digests"])) == 1
     scored = json.loads(sparkeras(state, "score", "images", "--table", "shapes", "--output",
