@@ -41,8 +41,8 @@ setup-compat: java $(COMPAT_STAMP)
 # pip compiles each installed module to bytecode on one core (half of a venv's setup time);
 # installing with --no-compile, then compiling the venv's packages on every core, ends with
 # the same .pyc files in less time (84 -> 60 s, compat 105 -> 72 s on 2 cores). The .pyc files
-# are needed: with PYTHONDONTWRITEBYTECODE set, imports never write them later, and
-# TensorFlow's import then takes 17 s instead of 7 s in every process.
+# are needed: with PYTHONDONTWRITEBYTECODE set, imports never write them later, and importing
+# TensorFlow, PySpark, MLflow and pandas then takes 17-20 s instead of 7 s in every process.
 PIP_INSTALL = -m pip install -q --no-compile
 COMPILE     = -m compileall -q -j 0 "$$($(1) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 
