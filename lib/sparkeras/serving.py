@@ -107,10 +107,11 @@ def log_model(keras_model, config: dict, example, registered_model_name: str,
 
     A tabular model also gets its numpy forward pass (:mod:`.mlp_forward`), registered
     only when it gives the Keras model's outputs; ``metadata["numpy_forward"]`` then says
-    how close they were."""
+    how close they were. An image CNN gets the numpy pass its scoring workers start with
+    (:mod:`.cnn_forward`, ``metadata["numpy_start"]``), on the same condition."""
     import mlflow
 
-    from . import mlp_forward
+    from . import cnn_forward, mlp_forward
     with tempfile.TemporaryDirectory(prefix="sparkeras-model-") as tmp:
         path = os.path.join(tmp, KERAS_FILE)
         keras_model.save(path)
@@ -128,6 +129,20 @@ def log_model(keras_model, config: dict, example, registered_model_name: str,
             else:
                 log.warning(f"the numpy forward pass differs from the Keras model by {diff:.3g} "
                             f"(more than {mlp_forward.TOLERANCE}): scoring will use TensorFlow")
+        start = cnn_forward.export(keras_model) if config["kind"] == "image" else None
+        if start is not None:
+            diff = cnn_forward.max_difference(
+                start, keras_model, cnn_forward.random_images(config["input_shape"]))
+            if diff <= cnn_forward.TOLERANCE:
+                start_path = os.path.join(tmp, cnn_forward.PLAN_FILE)
+                Path(start_path).write_bytes(cnn_forward.to_bytes(start))
+                artifacts["numpy_start"] = start_path
+                metadata = {**metadata, "numpy_start": {
+                    "file": f"artifacts/{cnn_forward.PLAN_FILE}", "max_abs_difference": diff}}
+            else:
+                log.warning(f"the numpy CNN pass differs from the Keras model by {diff:.3g} "
+                            f"(more than {cnn_forward.TOLERANCE}): scoring workers will wait "
+                            f"for TensorFlow before their first batch")
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_FILE),
             artifacts=artifacts, model_config=config,
