@@ -3,6 +3,7 @@ import copy
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from plans import python_passes
@@ -117,6 +118,45 @@ def test_the_model_and_the_decoder_run_once_per_row(spark, image_cfg, trained):
     tensors = images.to_tensors(records, 28, 28, 1)
     kept = tensors.where(F.col("reason").isNull()).select("image_id", "image")
     assert python_passes(kept) == 1 and kept.count() == 0
+
+
+def test_workers_start_with_numpy_and_go_on_with_tensorflow(spark, image_cfg, trained):
+    """A worker scores its first images with the registered numpy plan, in slices yielded
+    at once, until it has spent ``score.numpy_start_seconds`` in it; then TensorFlow, the
+    rest of a batch in one piece. Both give the Keras model's probabilities. (The UDF's
+    function runs here, in the test process, with a budget that one slice exhausts.)"""
+    import dataclasses
+
+    from sparkeras.scoring import ModelCache, WarmStart, resolve_model
+    from sparkeras.workloads import images
+    model = resolve_model(image_cfg, None, image_cfg.registry.image_model)
+    assert model.numpy_start and model.keras_file and model.numpy_seconds == 24.0
+    assert model.metadata["numpy_start"]["max_abs_difference"] <= 1e-5
+    pdf = spark.table("digits").select("image", "height", "width", "channels").toPandas()
+    assert len(pdf) == 1400
+    x = np.stack([np.frombuffer(b, np.uint8).reshape(28, 28, 1) for b in pdf["image"]])
+    expected = np.asarray(load_keras(model.uri).predict_on_batch(x))
+    top = np.sort(expected, axis=1)[:, ::-1]
+    unambiguous = top[:, 0] - top[:, 1] > 1e-4
+    assert unambiguous.mean() > 0.99
+
+    def run(numpy_seconds):
+        ModelCache._models.clear()                   # as in a new Python worker
+        WarmStart._spent.clear()
+        udf = images.image_predict_udf(dataclasses.replace(model, numpy_seconds=numpy_seconds),
+                                       chunk_rows=128)
+        frames = list(udf.func(iter([pdf])))
+        out = pd.concat(frames, ignore_index=True)
+        assert out["reason"].isna().all()
+        np.testing.assert_allclose(out["top_1_probability"], expected.max(axis=1), atol=1e-5)
+        assert (out["top_1_index"].to_numpy()[unambiguous]
+                == expected.argmax(axis=1)[unambiguous]).all()
+        return [len(f) for f in frames]
+    # numpy: the first slice (one chunk) spends the budget; the next slice is numpy's size
+    # but TensorFlow's pass; the rest in one piece
+    assert run(1e-9) == [128, 256, 1400 - 384]
+    assert run(0) == [1400]                           # TensorFlow from the first batch
+    assert run(1000) == [128, 256, 512, 504]          # numpy only: slices grow to 8 chunks
 
 
 def test_incident_model_cannot_score_images(spark, image_cfg, trained):

@@ -139,6 +139,9 @@ class ScoreConf:
     arrow_batch_rows: int = 50000
     worker_threads: int = 1            # TensorFlow threads in each Python worker
     predict_chunk_rows: int = 128      # images per forward pass (capped at ~16 MiB of pixels)
+    # image CNNs: seconds a Python worker scores with the numpy pass before it imports
+    # TensorFlow (scoring.WarmStart: the rent-or-buy point); 0: TensorFlow from the start
+    numpy_start_seconds: float = 24.0
 
 
 @dataclass
@@ -303,6 +306,9 @@ def _check(cfg: Config, source: str) -> None:
         value = _get(cfg, key)
         if value != AUTO and value < 1:
             raise ConfigError(f"{source}: '{key}' must be at least 1, got {value!r}")
+    if not cfg.score.numpy_start_seconds >= 0:
+        raise ConfigError(f"{source}: 'score.numpy_start_seconds' must be 0 or more, got "
+                          f"{cfg.score.numpy_start_seconds!r}")
     if cfg.train.learning_rate != AUTO and not cfg.train.learning_rate > 0:
         raise ConfigError(f"{source}: 'train.learning_rate' must be positive, got "
                           f"{cfg.train.learning_rate!r}")

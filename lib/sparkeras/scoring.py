@@ -53,6 +53,10 @@ class ResolvedModel:
     # other models: the saved Keras model (``model.keras``) when it is small enough to
     # travel with the task (:data:`SHIP_MAX_BYTES`); empty: workers load it from the registry
     keras_file: bytes = field(default=b"", compare=False, hash=False, repr=False)
+    # image CNNs: a numpy forward pass (cnn_forward) for a worker's first images, before
+    # it imports TensorFlow and loads ``keras_file`` (:class:`WarmStart`)
+    numpy_start: bytes = field(default=b"", compare=False, hash=False, repr=False)
+    numpy_seconds: float = 0.0      # how long a worker scores with ``numpy_start`` at most
 
 
 # Larger models are loaded by each worker from the registry (storage every node shares)
@@ -86,17 +90,22 @@ def resolve_model(cfg: Config, model_uri: Optional[str], default_name: str) -> R
                          f"trained by sparkeras")
     # What the workers need of the model travels with the task, downloaded once here.
     from .serving import KERAS_FILE, download
-    plan = keras_file = b""
+    plan = keras_file = start = b""
     if isinstance(meta.get("numpy_forward"), dict):
         plan = download(uri, meta["numpy_forward"]["file"])
     elif "tensorflow" not in info.flavors:
         keras_file = download(uri, f"artifacts/{KERAS_FILE}")
         if len(keras_file) > SHIP_MAX_BYTES:
             keras_file = b""
+        if isinstance(meta.get("numpy_start"), dict):
+            start = download(uri, meta["numpy_start"]["file"])
+            if len(start) > SHIP_MAX_BYTES:
+                start = b""
     return ResolvedModel(uri, name, version, meta.get("workload", ""), tuple(meta["labels"]),
                          cfg.mlflow.tracking_uri, cfg.mlflow.registry(),
                          tuple(meta.get("features", [])), tuple(meta.get("input_shape", [])),
-                         dict(meta), cfg.score.worker_threads, plan, keras_file)
+                         dict(meta), cfg.score.worker_threads, plan, keras_file, start,
+                         float(cfg.score.numpy_start_seconds))
 
 
 def check_workload(model: ResolvedModel, workload: str) -> None:
@@ -133,9 +142,12 @@ def keras_forward(model: ResolvedModel, inputs: dict):
     """A cached forward pass of ``model`` in this process: a dict of numpy arrays named as
     the model's ``inputs`` (``{name: (shape, dtype)}``) -> a numpy array. With one input,
     a bare array may be passed."""
-    key = (model.uri, model.tracking_uri, model.registry_uri,
-           tuple((name, tuple(shape), dtype) for name, (shape, dtype) in inputs.items()))
-    return ModelCache.get(key, lambda: _load_forward(model, inputs))
+    return ModelCache.get(_keras_key(model, inputs), lambda: _load_forward(model, inputs))
+
+
+def _keras_key(model: ResolvedModel, inputs: dict):
+    return (model.uri, model.tracking_uri, model.registry_uri,
+            tuple((name, tuple(shape), dtype) for name, (shape, dtype) in inputs.items()))
 
 
 def numpy_forward(model: ResolvedModel):
@@ -147,6 +159,61 @@ def numpy_forward(model: ResolvedModel):
         plan = mlp_forward.from_bytes(model.forward_plan)
         return lambda x: mlp_forward.forward(plan, x)
     return ModelCache.get(("numpy", model.uri, model.tracking_uri), load)
+
+
+class WarmStart:
+    """The forward pass an image worker uses: numpy (``model.numpy_start``, see
+    :mod:`.cnn_forward`) until this process has spent ``model.numpy_seconds``
+    (``score.numpy_start_seconds``) in it, then TensorFlow's, loaded at that point.
+
+    Rent or buy: TensorFlow's import and the model's load cost a worker ~4.5 s on an idle
+    core and 8-16 s when both cores are busy; numpy costs ~1.5x TensorFlow per image in the
+    UDF (the classic CNN at 28x28: 50,000 images in 6.2-6.3 s against 4.1-4.4 s, one
+    thread each) and nothing to start. Each second in numpy costs a third of a second
+    more than TensorFlow would have, so after ~24 s the extra paid equals one import (the
+    classic rent-or-buy point): a worker that scores fewer images than that (~150,000 at
+    28x28, a folder of photos) never pays for the import, and one that scores millions pays
+    ~8 s more than if it had started with TensorFlow. Loading TensorFlow in a background
+    thread while numpy scores was measured slower than starting with TensorFlow (they share
+    the worker's one core: ``docs/performance.md``).
+
+    A model without a numpy plan, or ``numpy_seconds`` = 0, loads TensorFlow before the
+    first batch. Both passes give the same probabilities within ``cnn_forward.TOLERANCE``
+    (checked when the model was registered), so which one scored a row changes its numbers
+    in the 7th digit at most."""
+    _spent: "dict[Any, float]" = {}       # seconds in numpy per model, in this process
+
+    def __init__(self, model: ResolvedModel, inputs: dict):
+        self._key = _keras_key(model, inputs)
+        self._load = lambda: _load_forward(model, inputs)
+        self._budget = model.numpy_seconds if model.numpy_start else 0.0
+        self.tensorflow = None
+        self._numpy = None
+        if self._spent.get(self._key, 0.0) >= self._budget:
+            self.tensorflow = ModelCache.get(self._key, self._load)
+        else:
+            from . import cnn_forward
+
+            def load():
+                plan = cnn_forward.from_bytes(model.numpy_start)
+                return lambda x: cnn_forward.forward(plan, x)
+            self._numpy = ModelCache.get(("numpy_start", model.uri, model.tracking_uri), load)
+
+    @property
+    def ready(self) -> bool:
+        """Whether TensorFlow's pass is in use (from now on)."""
+        return self.tensorflow is not None
+
+    def forward(self, x):
+        if self.tensorflow is None and self._spent.get(self._key, 0.0) >= self._budget:
+            self.tensorflow = ModelCache.get(self._key, self._load)
+        if self.tensorflow is not None:
+            return self.tensorflow(x)
+        import time
+        started = time.perf_counter()
+        out = self._numpy(x)
+        self._spent[self._key] = self._spent.get(self._key, 0.0) + time.perf_counter() - started
+        return out
 
 
 class FirstPrediction:

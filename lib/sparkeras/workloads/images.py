@@ -241,7 +241,7 @@ def image_predict_udf(model, with_dims: bool = True, chunk_rows: int = 128):
     and the top-k class indices and probabilities."""
     from pyspark.sql.functions import pandas_udf
 
-    from ..scoring import FirstPrediction, keras_forward
+    from ..scoring import FirstPrediction, WarmStart
     shape = tuple(model.input_shape)
     k = min(TOP_K, len(model.labels))
     cols = top_k_columns(k)
@@ -249,31 +249,42 @@ def image_predict_udf(model, with_dims: bool = True, chunk_rows: int = 128):
         f"{c} {'int' if c.endswith('index') else 'float'}" for c in cols)
     chunk = predict_chunk_rows(shape, chunk_rows)
 
+    def scored(pdf: pd.DataFrame, forward) -> pd.DataFrame:
+        dims = (pdf["height"], pdf["width"], pdf["channels"]) if with_dims else (None,) * 3
+        x, positions, reasons = images_to_array(pdf["image"], *dims, shape)
+        probs = np.concatenate([forward(x[i:i + chunk]) for i in range(0, len(x), chunk)]) \
+            if len(x) else np.empty((0, len(model.labels)), np.float32)
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        n = len(pdf)
+        out = {"reason": reasons if reasons is not None else [None] * n}
+        missing = np.ones(n, bool)       # rows without a prediction get nulls
+        missing[positions] = False
+        for j in range(k):
+            index = np.zeros(n, np.int32)
+            prob = np.full(n, np.nan, np.float32)   # NaN crosses Arrow as null
+            index[positions] = top[:, j]
+            prob[positions] = np.take_along_axis(probs, top[:, j:j + 1], axis=1)[:, 0]
+            out[f"top_{j + 1}_index"] = pd.arrays.IntegerArray(index, missing)
+            out[f"top_{j + 1}_probability"] = prob
+        return pd.DataFrame(out)
+
     @pandas_udf(schema)
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        forward = None
+        engine = None
         for pdf in batches:
-            if forward is None:
+            if engine is None:
                 timer = FirstPrediction()
-                forward = keras_forward(model, {"image": (shape, "uint8")})
-            dims = (pdf["height"], pdf["width"], pdf["channels"]) if with_dims else (None,) * 3
-            x, positions, reasons = images_to_array(pdf["image"], *dims, shape)
-            probs = np.concatenate([forward(x[i:i + chunk]) for i in range(0, len(x), chunk)]) \
-                if len(x) else np.empty((0, len(model.labels)), np.float32)
-            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            n = len(pdf)
-            out = {"reason": reasons if reasons is not None else [None] * n}
-            missing = np.ones(n, bool)       # rows without a prediction get nulls
-            missing[positions] = False
-            for j in range(k):
-                index = np.zeros(n, np.int32)
-                prob = np.full(n, np.nan, np.float32)   # NaN crosses Arrow as null
-                index[positions] = top[:, j]
-                prob[positions] = np.take_along_axis(probs, top[:, j:j + 1], axis=1)[:, 0]
-                out[f"top_{j + 1}_index"] = pd.arrays.IntegerArray(index, missing)
-                out[f"top_{j + 1}_probability"] = prob
-            timer.predicted()
-            yield pd.DataFrame(out)
+                engine = WarmStart(model, {"image": (shape, "uint8")})
+            # The numpy pass scores a batch in growing slices, each yielded at once (an
+            # iterator UDF may split its output: only the total row count must match), so
+            # the first predictions leave before the batch is done; TensorFlow's pass
+            # scores the rest of the batch in one go.
+            start, piece = 0, chunk
+            while start < len(pdf):
+                stop = len(pdf) if engine.ready else min(len(pdf), start + piece)
+                yield scored(pdf.iloc[start:stop], engine.forward)
+                timer.predicted()
+                start, piece = stop, min(2 * piece, 8 * chunk)
     # never copied by the optimizer under a filter on its outputs (see tabular.predict_udf)
     return predict.asNondeterministic()
 
