@@ -7,7 +7,11 @@ in memory as an ingested table (raw bytes + height/width/channels), each Spark m
 writing to the ``noop`` sink in local[2]:
 
 - sparkeras:          ``images.predict_image_columns`` (the score stage's
-                      transform: label, confidence, top 3 labels and probabilities)
+                      transform: label, confidence, top 3 labels and probabilities), in
+                      TensorFlow: the steady state a worker reaches once it has spent
+                      ``score.numpy_start_seconds`` in numpy (measured with it at 0)
+- sparkeras_numpy:    the same, every image through the numpy pass a worker starts with
+                      (``cnn_forward``; the budget never runs out)
 - spark_udf:          ``mlflow.pyfunc.spark_udf`` on a custom pyfunc that decodes the bytes
                       and calls the Keras model; returns the 10 probabilities
 - predict_batch_udf:  ``pyspark.ml.functions.predict_batch_udf``, batch 1024, same output
@@ -27,6 +31,7 @@ Two warm-ups per method, then the median of ``--repeats`` runs. Results are writ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -89,7 +94,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--folder-images", type=int, default=1000)
-    ap.add_argument("--methods", default="sparkeras,ceiling,floor,predict_batch_udf,spark_udf")
+    ap.add_argument("--methods",
+                    default="sparkeras,sparkeras_numpy,ceiling,floor,predict_batch_udf,spark_udf")
     ap.add_argument("--skip-folder", action="store_true")
     args = ap.parse_args()
 
@@ -130,8 +136,9 @@ def main() -> None:
                 return timed(build())
         return run
 
-    def sparkeras_query():
-        return images.predict_image_columns(df, model, cfg.score.predict_chunk_rows).select(
+    def sparkeras_query(numpy_seconds: float = 0.0):
+        engine = dataclasses.replace(model, numpy_seconds=numpy_seconds)
+        return images.predict_image_columns(df, engine, cfg.score.predict_chunk_rows).select(
             "image_id", "predicted_label", "confidence", "top_1_label", "top_1_probability",
             "top_2_label", "top_2_probability", "top_3_label", "top_3_probability")
 
@@ -195,6 +202,8 @@ def main() -> None:
             run = spark_method(spark_udf_query, default_batch)
         elif name == "sparkeras":
             run = spark_method(sparkeras_query, score_rows)
+        elif name == "sparkeras_numpy":
+            run = spark_method(lambda: sparkeras_query(numpy_seconds=1e9), score_rows)
         elif name == "predict_batch_udf":
             run = spark_method(predict_batch_query, default_batch)
         elif name == "floor":
