@@ -120,29 +120,14 @@ def log_model(keras_model, config: dict, example, registered_model_name: str,
         if plan is not None:
             diff = mlp_forward.max_difference(plan, keras_model,
                                               mlp_forward.random_inputs(config, plan))
-            if diff <= mlp_forward.TOLERANCE:
-                plan_path = os.path.join(tmp, mlp_forward.PLAN_FILE)
-                Path(plan_path).write_bytes(mlp_forward.to_bytes(plan))
-                artifacts["numpy_forward"] = plan_path
-                metadata = {**metadata, "numpy_forward": {
-                    "file": f"artifacts/{mlp_forward.PLAN_FILE}", "max_abs_difference": diff}}
-            else:
-                log.warning(f"the numpy forward pass differs from the Keras model by {diff:.3g} "
-                            f"(more than {mlp_forward.TOLERANCE}): scoring will use TensorFlow")
+            metadata = _attach_plan(tmp, artifacts, metadata, "numpy_forward", mlp_forward,
+                                    plan, diff, "scoring will use TensorFlow")
         start = cnn_forward.export(keras_model) if config["kind"] == "image" else None
         if start is not None:
             diff = cnn_forward.max_difference(
                 start, keras_model, cnn_forward.random_images(config["input_shape"]))
-            if diff <= cnn_forward.TOLERANCE:
-                start_path = os.path.join(tmp, cnn_forward.PLAN_FILE)
-                Path(start_path).write_bytes(cnn_forward.to_bytes(start))
-                artifacts["numpy_start"] = start_path
-                metadata = {**metadata, "numpy_start": {
-                    "file": f"artifacts/{cnn_forward.PLAN_FILE}", "max_abs_difference": diff}}
-            else:
-                log.warning(f"the numpy CNN pass differs from the Keras model by {diff:.3g} "
-                            f"(more than {cnn_forward.TOLERANCE}): scoring workers will wait "
-                            f"for TensorFlow before their first batch")
+            metadata = _attach_plan(tmp, artifacts, metadata, "numpy_start", cnn_forward,
+                                    start, diff, "scoring workers will start in TensorFlow")
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_FILE),
             artifacts=artifacts, model_config=config,
@@ -150,6 +135,22 @@ def log_model(keras_model, config: dict, example, registered_model_name: str,
             signature=signature(config), input_example=example,
             pip_requirements=pip_requirements(config),
             registered_model_name=registered_model_name, metadata=metadata)
+
+
+def _attach_plan(tmp: str, artifacts: dict, metadata: dict, key: str, module, plan: dict,
+                 diff: float, otherwise: str) -> dict:
+    """Add a numpy plan (``module``: mlp_forward or cnn_forward) to the model's artifacts
+    under ``key`` when it matches the Keras model (``diff`` <= ``module.TOLERANCE``); the
+    model's metadata, with ``key`` saying how close it was."""
+    if diff > module.TOLERANCE:
+        log.warning(f"the numpy forward pass differs from the Keras model by {diff:.3g} "
+                    f"(more than {module.TOLERANCE}): {otherwise}")
+        return metadata
+    path = os.path.join(tmp, module.PLAN_FILE)
+    Path(path).write_bytes(module.to_bytes(plan))
+    artifacts[key] = path
+    return {**metadata, key: {"file": f"artifacts/{module.PLAN_FILE}",
+                              "max_abs_difference": diff}}
 
 
 def load_keras(uri: str):
