@@ -13,7 +13,7 @@ and ``folder_cnn`` (Rescaling, Conv2D, MaxPooling2D, Flatten, Dense, and the lay
 nothing at inference: Dropout and the random augmentations); any other model (the transfer
 backbones) has none and is scored by TensorFlow from its first batch. Training registers a
 plan only after checking that it gives the Keras model's probabilities within
-:data:`TOLERANCE` on random images and the model's example, so both passes write the
+:data:`TOLERANCE` on random images (:func:`random_images`), so both passes write the
 same numbers to float32 rounding. Arrays only (no pickled objects): it travels with the task.
 """
 from __future__ import annotations
@@ -38,6 +38,13 @@ def _activation(layer) -> Optional[str]:
     return name if name in ACTIVATIONS else None
 
 
+def _kernel_and_bias(layer):
+    """float32 kernel and bias of a Conv2D or Dense layer (zeros without a bias)."""
+    weights = layer.get_weights()
+    bias = weights[1] if layer.use_bias else np.zeros(weights[0].shape[-1])
+    return weights[0].astype(np.float32), bias.astype(np.float32)
+
+
 def export(keras_model) -> Optional[dict]:
     """The plan of an image model made of supported layers (None for any other model)."""
     if len(keras_model.inputs) != 1 or len(keras_model.outputs) != 1:
@@ -57,10 +64,7 @@ def export(keras_model) -> Optional[dict]:
                     or layer.groups != 1 or layer.padding not in ("valid", "same")
                     or _activation(layer) not in ("relu", "linear")):
                 return None
-            weights = layer.get_weights()
-            plan[f"w{i}"] = weights[0].astype(np.float32)
-            plan[f"b{i}"] = (weights[1] if layer.use_bias
-                             else np.zeros(weights[0].shape[-1])).astype(np.float32)
+            plan[f"w{i}"], plan[f"b{i}"] = _kernel_and_bias(layer)
             ops.append({"op": "conv", "strides": list(layer.strides), "padding": layer.padding,
                         "activation": _activation(layer)})
         elif kind == "MaxPooling2D":
@@ -73,10 +77,7 @@ def export(keras_model) -> Optional[dict]:
         elif kind == "Dense":
             if _activation(layer) is None:
                 return None
-            weights = layer.get_weights()
-            plan[f"w{i}"] = weights[0].astype(np.float32)
-            plan[f"b{i}"] = (weights[1] if layer.use_bias
-                             else np.zeros(weights[0].shape[-1])).astype(np.float32)
+            plan[f"w{i}"], plan[f"b{i}"] = _kernel_and_bias(layer)
             ops.append({"op": "dense", "activation": _activation(layer)})
         else:
             return None
@@ -129,17 +130,26 @@ ROWS = 32   # images per pass: the im2col copies stay in cache (28x28, the convo
             # alone: 5.7k images/s per core against 4.7k with 128, two processes at once)
 
 
-def forward(plan: dict, images: np.ndarray) -> np.ndarray:
-    """Class probabilities float32[n, classes] for ``images`` uint8[n, h, w, c], computed
-    in float32 as Keras does, :data:`ROWS` images at a time."""
-    if len(images) > ROWS:
-        return np.concatenate([_forward(plan, images[i:i + ROWS])
-                               for i in range(0, len(images), ROWS)])
-    return _forward(plan, images)
-
-
-def _forward(plan: dict, images: np.ndarray) -> np.ndarray:
+def runner(plan: dict):
+    """The forward pass of ``plan`` as a function of ``images`` (what a worker keeps):
+    class probabilities float32[n, classes] for uint8[n, h, w, c], computed in float32 as
+    Keras does, :data:`ROWS` images at a time."""
     ops = json.loads(str(plan["meta"]))["ops"]
+
+    def run(images: np.ndarray) -> np.ndarray:
+        if len(images) > ROWS:
+            return np.concatenate([_forward(plan, ops, images[i:i + ROWS])
+                                   for i in range(0, len(images), ROWS)])
+        return _forward(plan, ops, images)
+    return run
+
+
+def forward(plan: dict, images: np.ndarray) -> np.ndarray:
+    """``runner(plan)(images)``, for one batch."""
+    return runner(plan)(images)
+
+
+def _forward(plan: dict, ops: list, images: np.ndarray) -> np.ndarray:
     h = np.asarray(images).astype(np.float32)
     pending = None        # a convolution's (bias, activation), applied after its pool
     for i, op in enumerate(ops):

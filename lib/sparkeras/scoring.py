@@ -194,10 +194,9 @@ class WarmStart:
         else:
             from . import cnn_forward
 
-            def load():
-                plan = cnn_forward.from_bytes(model.numpy_start)
-                return lambda x: cnn_forward.forward(plan, x)
-            self._numpy = ModelCache.get(("numpy_start", model.uri, model.tracking_uri), load)
+            self._numpy = ModelCache.get(
+                ("numpy_start", model.uri, model.tracking_uri),
+                lambda: cnn_forward.runner(cnn_forward.from_bytes(model.numpy_start)))
 
     @property
     def ready(self) -> bool:
