@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sparkeras.config import load_config
+import pytest
+
+from sparkeras.config import ConfigError, load_config
 from sparkeras.session import is_connect, remote_url, session_conf
 
 
@@ -52,3 +54,13 @@ def test_a_held_metastore_is_one_line_naming_the_server(spark, cfg):
         f"(an embedded metastore admits one at a time): wait for it to finish, or run "
         f"`sparkeras server start` so that commands and analysts share one server"]
     assert "XSDB6" not in proc.stderr and proc.stdout == ""
+
+
+def test_the_embedded_jvm_runs_the_quick_jit_unless_the_user_says_so(spark, tmp_path):
+    # A command's JVM lives for one command: C1 alone (docs/performance.md).
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    args = list(runtime.getInputArguments())
+    assert "-XX:TieredStopAtLevel=1" in args, args
+    assert load_config(None, [f"state_dir={tmp_path}", "spark.jit=full"]).spark.jit == "full"
+    with pytest.raises(ConfigError, match="'spark.jit' must be one of \\['full', 'quick'\\]"):
+        load_config(None, [f"state_dir={tmp_path}", "spark.jit=fast"])
