@@ -67,8 +67,12 @@ def group_rss_mb(pgid: int) -> float:
 
 
 def run(cmd: list[str], env: dict | None = None) -> dict:
-    """Run ``cmd`` in its own process group; wall seconds, peak group RSS, last stdout line."""
+    """Run ``cmd`` in its own process group; wall seconds, CPU seconds (user + system of the
+    processes it waited for: the CLI, its JVM, Python workers), peak group RSS, last stdout
+    line."""
+    import resource
     peak = [0.0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, **(env or {})},
@@ -85,10 +89,13 @@ def run(cmd: list[str], env: dict | None = None) -> dict:
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{err[-3000:]}")
     last = out.strip().splitlines()[-1] if out.strip() else "{}"
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak[0]), "summary": json.loads(last)}
+    return {"seconds": round(seconds, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak[0]),
+            "summary": json.loads(last)}
 
 
 def baseline_worktree(rev: str) -> tuple[Path, str]:

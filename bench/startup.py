@@ -1,9 +1,11 @@
-"""Benchmark: a user's first try, a small real file, as whole commands, with the JVM's class
-archive (``spark.class_archive``) and without it.
+"""Benchmark: a user's first try, a small real file, as whole commands, in two JVM set-ups
+side by side: with the JVM's class archive (``spark.class_archive``) and without it
+(``--compare archive``, the default), or with the full JIT (C1 + C2) and C1 alone
+(``--compare jit``: ``spark.jit`` full and quick, both with the archive).
 
 Run by hand (``make bench-startup`` or ``python bench/startup.py``). A 1,000-row CSV export
-(``--rows``), then, alternating ``off`` and an archive folder made once beforehand (its
-one-time cost is measured too), each of these commands ``--repeats`` times in a new process:
+(``--rows``), then, alternating the two set-ups (the archive folder is made once beforehand,
+its one-time cost measured too), each of these commands ``--repeats`` times in a new process:
 
 - ``sparkeras sql "SELECT 1"``: the fixed cost of any command;
 - ``sparkeras ingest incidents`` of the export (a new table each run);
@@ -30,21 +32,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare", choices=["archive", "jit"], default="archive",
+                    help="archive: without and with the class archive; jit: spark.jit full "
+                         "and quick, both with the archive")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sparkeras-startup-"))
     state, archive = str(work / "state"), work / "jvm"
-    modes = {"off": ["--set", "spark.class_archive=off"],
-             "archive": ["--set", f"spark.class_archive={archive}"]}
+    with_archive = ["--set", f"spark.class_archive={archive}"]
+    modes = {"off": ["--set", "spark.class_archive=off"], "archive": with_archive} \
+        if args.compare == "archive" else \
+        {"full": [*with_archive, "--set", "spark.jit=full"],
+         "quick": [*with_archive, "--set", "spark.jit=quick"]}
+    base, new = modes
 
     def cmd(mode, *a):
         return sparkeras(state, *modes[mode], *a)
 
-    run(cmd("off", "generate", "incidents", "--rows", str(args.rows), "--out",
+    run(cmd(base, "generate", "incidents", "--rows", str(args.rows), "--out",
             f"{state}/export"))
-    made = run(cmd("archive", "sql", "SELECT 1 AS x"))      # writes the archive
+    made = run(sparkeras(state, *with_archive, "sql", "SELECT 1 AS x"))   # writes the archive
     size = sum(p.stat().st_size for p in archive.glob("*.jsa"))
     log(f"the archive: {size / 2**20:.0f} MiB, its first command {made['seconds']} s")
-    run(cmd("off", "ingest", "incidents", "--source", f"{state}/export", "--table", "base"))
+    run(cmd(base, "ingest", "incidents", "--source", f"{state}/export", "--table", "base"))
     commands = {
         "sql": lambda mode, i: ("sql", "SELECT 1 AS x"),
         "ingest": lambda mode, i: ("ingest", "incidents", "--source", f"{state}/export",
@@ -59,20 +68,23 @@ def main() -> None:
             for mode in modes:
                 r = run(cmd(mode, *args_of(mode, i)))
                 runs[name][mode].append(r)
-                log(f"{name} [{mode}] {r['seconds']} s, {r['peak_rss_mb']} MiB")
+                log(f"{name} [{mode}] {r['seconds']} s, CPU {r['cpu_s']} s, "
+                    f"{r['peak_rss_mb']} MiB")
     table = {}
     for name, by_mode in runs.items():
         med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in by_mode.items()}
-        table[name] = {"off_s": med["off"], "archive_s": med["archive"],
-                       "saved_s": round(med["off"] - med["archive"], 2),
-                       "ratio": round(med["archive"] / med["off"], 2),
+        cpu = {m: statistics.median(r["cpu_s"] for r in rs) for m, rs in by_mode.items()}
+        table[name] = {f"{base}_s": med[base], f"{new}_s": med[new],
+                       f"{base}_cpu_s": cpu[base], f"{new}_cpu_s": cpu[new],
+                       "saved_s": round(med[base] - med[new], 2),
+                       "ratio": round(med[new] / med[base], 2),
                        "peak_rss_mb": {m: max(r["peak_rss_mb"] for r in rs)
                                        for m, rs in by_mode.items()}}
-        print(f"{name:7s} off {med['off']:6.2f} s  archive {med['archive']:6.2f} s  "
+        print(f"{name:7s} {base} {med[base]:6.2f} s  {new} {med[new]:6.2f} s  "
               f"({table[name]['ratio']}x)")
     write_results("startup", {
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-        "rows": args.rows, "repeats": args.repeats,
+        "compare": args.compare, "rows": args.rows, "repeats": args.repeats,
         "archive": {"mib": round(size / 2**20), "first_command_s": made["seconds"]},
         "medians": table, "runs": runs})
     shutil.rmtree(work, ignore_errors=True)
