@@ -20,7 +20,7 @@ help:  ## list the targets
 run: setup  ## set up, then run the end-to-end demo (1M incidents)
 	$(VENV)/bin/sparkeras demo
 
-test: setup lint  ## lint, then the whole test suite (about 30 minutes on 2 cores)
+test: setup lint  ## lint, then the whole test suite (35-60 minutes on 2 cores)
 	$(PY) -m pytest tests --durations=15
 
 test-fast: setup  ## the fast tier: no training, barrier stages or CLI runs (under 2 minutes)
