@@ -24,15 +24,14 @@ def demo_state(tmp_path_factory):
 
 def test_demo_prints_the_analyst_answer_and_one_json_summary(demo_state):
     _, proc = demo_state
-    lines = proc.stdout.strip().splitlines()
-    summary = json.loads(lines[-1])
+    result = summary(proc)
     assert "Root causes per day:" in proc.stdout
     assert "The least confident incidents:" in proc.stdout
-    ing = summary["ingest"]
+    ing = result["ingest"]
     # 3000 generated + 7 late-export rows, 5 of them bad
     assert (ing["input_rows"], ing["valid_rows"], ing["quarantined_rows"]) == (3007, 3002, 5)
-    assert summary["score"]["scored_rows"] + summary["score"]["quarantined_rows"] == 3002
-    assert sum(r["incidents"] for r in summary["root_causes_per_day"]) == 3002
+    assert result["score"]["scored_rows"] + result["score"]["quarantined_rows"] == 3002
+    assert sum(r["incidents"] for r in result["root_causes_per_day"]) == 3002
     assert "[sparkeras] step 5/5" in proc.stderr
     # the terminal shows sparkeras's own lines only: Spark, TensorFlow and MLflow write to
     # the run's log file
