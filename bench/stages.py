@@ -23,6 +23,9 @@ start included: ``$SPARKERAS_WORKER_TIMINGS``, see ``scoring.FirstPrediction``).
 ``--baseline REV`` also runs each sparkeras command as it was at git revision ``REV`` (a
 worktree of this repository put first on ``PYTHONPATH``), alternating with the current code
 and the floor, and traces it too: a change measured before and after in one sitting.
+``--variant 'NAME=ARGS'`` (repeatable) also runs each sparkeras command with ``ARGS`` (shell
+words: ``KEY=VALUE`` words in capitals set the environment, the rest go before the
+subcommand, e.g. ``--set spark.jit=full``), alternating too: settings compared side by side.
 Results:
 ``bench/results/stages-<UTC time>.json``, summarised in docs/performance.md.
 """
@@ -227,6 +230,9 @@ def main() -> None:
                     "by default a new one, removed at the end")
     ap.add_argument("--baseline", metavar="REV",
                     help="also run each sparkeras command as of git revision REV, alternating")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="also run each sparkeras command with these CLI options / "
+                         "ENV=VALUE words, alternating (repeatable)")
     args = ap.parse_args()
     baseline = baseline_worktree(args.baseline) if args.baseline else None
     try:
@@ -234,6 +240,27 @@ def main() -> None:
     finally:
         if baseline:
             drop_worktree(baseline[0])
+
+
+def variants(specs: list[str]) -> list[tuple[str, list[str], dict]]:
+    """``NAME=ARGS`` -> (name, CLI words, environment): words like ``JAVA_TOOL_OPTIONS=...``
+    (a capitalised name, then ``=``) go to the environment, the others to the command line."""
+    import re
+    import shlex
+    out = []
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        if not name or not rest or name in ("sparkeras", "baseline", "floor"):
+            raise SystemExit(f"--variant {spec!r}: expected NAME=ARGS with a new NAME")
+        words, env = [], {}
+        for word in shlex.split(rest):
+            if re.match(r"^[A-Z_][A-Z0-9_]*=", word):
+                key, _, value = word.partition("=")
+                env[key] = value
+            else:
+                words.append(word)
+        out.append((name, words, env))
+    return out
 
 
 def measure(args, baseline) -> None:
@@ -267,16 +294,21 @@ def measure(args, baseline) -> None:
         methods = [("sparkeras", sparkeras(state, *ours), None)]
         if baseline:
             methods.insert(0, ("baseline", sparkeras(state, *ours), baseline_env))
+        for vname, words, env in variants(args.variant):
+            methods.append((vname, sparkeras(state, *words, *ours), env or None))
         methods.append(("floor", floor(state, *theirs), None))
         runs: dict = {m: [] for m, _, _ in methods}
         for i in range(args.repeats):
             for method, cmd, env in methods:
                 r = run(cmd, env)
                 runs[method].append(r)
-                log(f"{name} {method} run {i + 1}: {r['seconds']:.1f} s, peak {r['peak_rss_mb']} MiB")
+                log(f"{name} {method} run {i + 1}: {r['seconds']:.1f} s, CPU {r['cpu_s']} s, "
+                    f"peak {r['peak_rss_mb']} MiB")
         median = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
         results[name] = {
             "median_seconds": median,
+            "ratio_floor_over": {m: round(median["floor"] / median[m], 3)
+                                 for m in median if m != "floor"},
             "ratio_floor_over_sparkeras": round(median["floor"] / median["sparkeras"], 3),
             "peak_rss_mb": {m: max(r["peak_rss_mb"] for r in rs) for m, rs in runs.items()},
             "runs": runs,
@@ -295,6 +327,7 @@ def measure(args, baseline) -> None:
                              "score_rows": args.score_rows, "ingest_rows": args.ingest_rows,
                              "images": args.images,
                              "baseline": baseline[1] if baseline else None,
+                             "variants": args.variant,
                              "repeats": args.repeats, "stages": results})
     if not args.state:
         shutil.rmtree(state, ignore_errors=True)
