@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sparkeras.config import ConfigError, load_config
-from sparkeras.session import is_connect, remote_url, session_conf
+from sparkeras.session import driver_java_options, is_connect, remote_url, session_conf
 
 
 def test_remote_comes_from_the_setting_then_the_environment_then_a_running_server(
@@ -62,5 +62,20 @@ def test_the_embedded_jvm_runs_the_quick_jit_unless_the_user_says_so(spark, tmp_
     args = list(runtime.getInputArguments())
     assert "-XX:TieredStopAtLevel=1" in args, args
     assert load_config(None, [f"state_dir={tmp_path}", "spark.jit=full"]).spark.jit == "full"
-    with pytest.raises(ConfigError, match="'spark.jit' must be one of \\['full', 'quick'\\]"):
+    with pytest.raises(ConfigError,
+                       match="'spark.jit' must be one of \\['full', 'late', 'quick'\\]"):
         load_config(None, [f"state_dir={tmp_path}", "spark.jit=fast"])
+
+
+def test_the_jit_options_come_first_so_that_the_users_own_win():
+    user, archive = "-Dx=1 -XX:TieredStopAtLevel=4", "-XX:SharedArchiveFile=/a/b.jsa"
+    assert driver_java_options("quick", user, archive) == \
+        "-XX:TieredStopAtLevel=1 -Dx=1 -XX:TieredStopAtLevel=4 -XX:SharedArchiveFile=/a/b.jsa"
+    assert driver_java_options("full", user) == user        # HotSpot's own compilers
+    late = driver_java_options("late", "-XX:Tier4InvocationThreshold=7").split()
+    assert "-XX:TieredStopAtLevel=1" not in late
+    assert late.index("-XX:Tier4InvocationThreshold=50000") < \
+        late.index("-XX:Tier4InvocationThreshold=7")        # a later option wins in HotSpot
+    assert {"-XX:Tier4MinInvocationThreshold=6000", "-XX:Tier4CompileThreshold=150000",
+            "-XX:Tier4BackEdgeThreshold=400000"} <= set(late)
+    assert driver_java_options("full", "") == ""

@@ -54,8 +54,9 @@ class SparkConf:
     # The embedded JVM's class-data-sharing archive (starts ~4 s faster): "auto" (the user's
     # cache folder, shared by every state folder), off (YAML's false), or a folder.
     class_archive: Union[str, Literal[False]] = "auto"
-    # The embedded JVM's just-in-time compilers: "quick" (C1 alone, -XX:TieredStopAtLevel=1)
-    # or "full" (C1, then C2 for hot code). A command's JVM lives for one command, and C2's
+    # The embedded JVM's just-in-time compilers: "quick" (C1 alone, -XX:TieredStopAtLevel=1),
+    # "late" (C1, then C2 only for code that stays hot: 10x HotSpot's tier-4 thresholds) or
+    # "full" (C1, then C2 for hot code). A command's JVM lives for one command, and C2's
     # compiler threads take CPU the work needs (docs/performance.md, "The command's JVM").
     # `sparkeras server` and clusters' executors keep the full JIT.
     jit: str = "quick"
@@ -210,7 +211,7 @@ class Config:
 
 _CHOICES = {
     "spark.catalog": {"hive", "in-memory"},
-    "spark.jit": {"quick", "full"},
+    "spark.jit": {"quick", "late", "full"},
     "tables.format": {"parquet", "delta"},
     "train.strategy": {"mirrored", "default"},
     "train.precision": {"float32", "mixed_float16", "mixed_bfloat16"},

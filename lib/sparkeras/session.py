@@ -133,9 +133,22 @@ def get_spark(cfg: Config, keep_classes: bool = False):
 
 
 # The embedded JVM's compilers (``spark.jit``). A command's JVM lives for one command: C1
-# alone compiles sooner and leaves the cores to the work. Measured on 2 cores: a 13-row
-# ingest 35-42 -> 29-30 s, the 1,000,000-row demo 143 -> 125 s (docs/performance.md).
-JIT_OPTIONS = {"quick": "-XX:TieredStopAtLevel=1 ", "full": ""}
+# alone ("quick") compiles sooner and leaves the cores to the work. Measured on 2 cores: a
+# 13-row ingest 35-42 -> 29-30 s, the 1,000,000-row demo 143 -> 125 s. "late" keeps C2 for the
+# code that stays hot (the scoring and CSV loops of a large job) and spares it the rest: C2 at
+# 10x HotSpot's tier-4 thresholds (docs/performance.md, "The command's JVM").
+JIT_OPTIONS = {
+    "quick": "-XX:TieredStopAtLevel=1",
+    "late": "-XX:Tier4InvocationThreshold=50000 -XX:Tier4MinInvocationThreshold=6000 "
+            "-XX:Tier4CompileThreshold=150000 -XX:Tier4BackEdgeThreshold=400000",
+    "full": "",
+}
+
+
+def driver_java_options(jit: str, user: str, archive: str | None = None) -> str:
+    """The embedded driver JVM's options: the ``spark.jit`` compilers first, so that the
+    user's own options (``user``, later on the command line) win, then the class archive's."""
+    return " ".join(part for part in (JIT_OPTIONS[jit], user, archive) if part)
 
 
 def _embedded(cfg: Config, conf: dict[str, str], archive):
@@ -145,9 +158,8 @@ def _embedded(cfg: Config, conf: dict[str, str], archive):
     builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
     for key, value in conf.items():
         if key == "spark.driver.extraJavaOptions":
-            value = f"{JIT_OPTIONS[cfg.spark.jit]}{value}"        # the user's options win
-            if archive is not None:
-                value = f"{value} {archive.java_options()}"
+            value = driver_java_options(cfg.spark.jit, value,
+                                        archive.java_options() if archive is not None else None)
         builder = builder.config(key, value)
     if cfg.spark.catalog == "hive":
         builder = builder.enableHiveSupport()
