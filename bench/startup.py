@@ -1,7 +1,7 @@
 """Benchmark: a user's first try, a small real file, as whole commands, in two JVM set-ups
 side by side: with the JVM's class archive (``spark.class_archive``) and without it
 (``--compare archive``, the default), or with the full JIT (C1 + C2) and C1 alone
-(``--compare jit``: ``spark.jit`` full and quick, both with the archive).
+(``--compare jit``: ``spark.jit`` full, quick and late, all with the archive).
 
 Run by hand (``make bench-startup`` or ``python bench/startup.py``). A 1,000-row CSV export
 (``--rows``), then, alternating the two set-ups (the archive folder is made once beforehand,
@@ -33,17 +33,16 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compare", choices=["archive", "jit"], default="archive",
-                    help="archive: without and with the class archive; jit: spark.jit full "
-                         "and quick, both with the archive")
+                    help="archive: without and with the class archive; jit: spark.jit full, "
+                         "quick and late, all with the archive")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sparkeras-startup-"))
     state, archive = str(work / "state"), work / "jvm"
     with_archive = ["--set", f"spark.class_archive={archive}"]
     modes = {"off": ["--set", "spark.class_archive=off"], "archive": with_archive} \
         if args.compare == "archive" else \
-        {"full": [*with_archive, "--set", "spark.jit=full"],
-         "quick": [*with_archive, "--set", "spark.jit=quick"]}
-    base, new = modes
+        {jit: [*with_archive, "--set", f"spark.jit={jit}"] for jit in ("full", "quick", "late")}
+    base = next(iter(modes))        # the others are compared with the first
 
     def cmd(mode, *a):
         return sparkeras(state, *modes[mode], *a)
@@ -74,14 +73,15 @@ def main() -> None:
     for name, by_mode in runs.items():
         med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in by_mode.items()}
         cpu = {m: statistics.median(r["cpu_s"] for r in rs) for m, rs in by_mode.items()}
-        table[name] = {f"{base}_s": med[base], f"{new}_s": med[new],
-                       f"{base}_cpu_s": cpu[base], f"{new}_cpu_s": cpu[new],
-                       "saved_s": round(med[base] - med[new], 2),
-                       "ratio": round(med[new] / med[base], 2),
+        table[name] = {**{f"{m}_s": med[m] for m in modes},
+                       **{f"{m}_cpu_s": cpu[m] for m in modes},
+                       f"ratio_to_{base}": {m: round(med[m] / med[base], 2)
+                                            for m in modes if m != base},
                        "peak_rss_mb": {m: max(r["peak_rss_mb"] for r in rs)
                                        for m, rs in by_mode.items()}}
-        print(f"{name:7s} {base} {med[base]:6.2f} s  {new} {med[new]:6.2f} s  "
-              f"({table[name]['ratio']}x)")
+        print(f"{name:7s} " + "  ".join(
+            f"{m} {med[m]:6.2f} s" + ("" if m == base else f" ({med[m] / med[base]:.2f}x)")
+            for m in modes))
     write_results("startup", {
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "compare": args.compare, "rows": args.rows, "repeats": args.repeats,
