@@ -234,6 +234,7 @@ def main() -> None:
                     help="also run each sparkeras command with these CLI options / "
                          "ENV=VALUE words, alternating (repeatable)")
     args = ap.parse_args()
+    args.variants = variants(args.variant)      # a bad --variant stops before any preparation
     baseline = baseline_worktree(args.baseline) if args.baseline else None
     try:
         measure(args, baseline)
@@ -294,7 +295,7 @@ def measure(args, baseline) -> None:
         methods = [("sparkeras", sparkeras(state, *ours), None)]
         if baseline:
             methods.insert(0, ("baseline", sparkeras(state, *ours), baseline_env))
-        for vname, words, env in variants(args.variant):
+        for vname, words, env in args.variants:
             methods.append((vname, sparkeras(state, *words, *ours), env or None))
         methods.append(("floor", floor(state, *theirs), None))
         runs: dict = {m: [] for m, _, _ in methods}
@@ -305,11 +306,11 @@ def measure(args, baseline) -> None:
                 log(f"{name} {method} run {i + 1}: {r['seconds']:.1f} s, CPU {r['cpu_s']} s, "
                     f"peak {r['peak_rss_mb']} MiB")
         median = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+        ratios = {m: round(median["floor"] / median[m], 3) for m in median if m != "floor"}
         results[name] = {
             "median_seconds": median,
-            "ratio_floor_over": {m: round(median["floor"] / median[m], 3)
-                                 for m in median if m != "floor"},
-            "ratio_floor_over_sparkeras": round(median["floor"] / median["sparkeras"], 3),
+            "ratio_floor_over": ratios,
+            "ratio_floor_over_sparkeras": ratios["sparkeras"],   # the key of earlier results
             "peak_rss_mb": {m: max(r["peak_rss_mb"] for r in rs) for m, rs in runs.items()},
             "runs": runs,
             "breakdown": None if args.no_trace else traced(ours, state),
