@@ -91,7 +91,7 @@ def _command(tmp_path, archive, *args):
     return code, (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
 
 
-@pytest.mark.slow   # three commands
+@pytest.mark.slow   # four commands
 def test_a_command_makes_the_archive_the_next_uses_it_and_a_damaged_one_is_replaced(
         tmp_path):
     archive = tmp_path / "jvm"
@@ -105,6 +105,14 @@ def test_a_command_makes_the_archive_the_next_uses_it_and_a_damaged_one_is_repla
     code, out, err = _command(tmp_path, archive, "sql", "SET spark.driver.extraJavaOptions")
     assert code == 0 and f"-XX:SharedArchiveFile={made}" in out, err[-3000:]
     assert "saves the classes" not in err
+    # a JVM that cannot start for another reason (the user's own bad option: too small a
+    # thread stack; Spark adds -XX:+IgnoreUnrecognizedVMOptions, so not an unknown one)
+    # fails the command, and the archive, which was not the cause, stays
+    code, out, err = _command(tmp_path, archive, "--set",
+                              "spark.conf={spark.driver.extraJavaOptions: -Xss1k}",
+                              "sql", query)
+    assert code != 0 and "removed it" not in err, err[-3000:]
+    assert list(archive.iterdir()) == [made]
     # damaged (a truncated archive crashes a JVM at start): the command still answers,
     # stdout holds only its product, and the archive is removed
     made.chmod(0o644)

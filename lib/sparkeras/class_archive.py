@@ -171,11 +171,11 @@ def publish(jvm_exited_cleanly: bool) -> None:
 
 
 def discard(used: Plan) -> None:
-    """An archive the JVM could not start with: removed, so later starts do without it
-    until a command writes a new one."""
+    """An archive the JVM could not start with (and could without): removed, so later
+    starts do without it until a command writes a new one."""
     global _pending
     _pending = None
     log.warning(f"the JVM did not start with its class archive {used.path}: removed it, "
-                f"starting without")
+                f"started without")
     with contextlib.suppress(OSError):
         used.path.unlink()

@@ -125,8 +125,10 @@ def get_spark(cfg: Config, keep_classes: bool = False):
     except Exception:
         if archive is None or archive.dump_to is not None:
             raise
-        class_archive.discard(archive)       # e.g. a damaged archive: start without it
+        # e.g. a damaged archive: start without it, and remove it only when that start works
+        # (a start that fails either way says nothing about the archive)
         spark = _embedded(cfg, conf, None)
+        class_archive.discard(archive)
     interrupts.watch()              # PySpark installed its own SIGINT handler: chain in front
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     return spark
