@@ -3,6 +3,7 @@ that survive the process, clear errors with exit codes."""
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,12 @@ def test_images_from_the_command_line(photo_commands):
     assert json.loads(proc.stdout.strip()) == {"n": 210}
 
 
+def _jit_choice(state, command):
+    """What ``spark.jit: auto`` chose for the last ``command`` (its log file)."""
+    (log,) = sorted((state / "logs").glob(f"sparkeras-{command}-*.log"))[-1:]
+    return re.search(r"spark\.jit auto: .*", log.read_text()).group(0)
+
+
 def test_y_equals_3x_plus_1_through_the_command_line(tmp_path):
     """The course's first model: the six points (X = -1..4) and a few more, a schema written
     by hand, the three commands with their defaults. X = 10 is in the export without its Y
@@ -145,12 +152,17 @@ def test_y_equals_3x_plus_1_through_the_command_line(tmp_path):
                                  str(tmp_path / "line.csv")))
     assert (ingested["input_rows"], ingested["valid_rows"], ingested["table"]) == (
         13, 13, "default.line")
+    # spark.jit auto: the 13 records, estimated before the JVM started, are few
+    assert _jit_choice(state, "ingest") == "spark.jit auto: quick (input ~13 rows)"
     trained = summary(sparkeras(state, "train", "tabular", "--schema", schema))
     assert trained["task"] == "regression" and trained["became_champion"]
     assert sum(trained["rows"].values()) == 12
     scored = summary(sparkeras(state, "score", "tabular", "--table", "line", "--output",
-                               "line_scores"))            # the model: from the table's schema
+                               "line_scores",             # the model: from the table's schema
+                               "--set", "spark.jit_late_from_rows=13"))
     assert (scored["scored_rows"], scored["model_uri"]) == (13, "models:/line/1")
+    # the table's parquet footers in the warehouse: 13 rows, at the threshold set
+    assert _jit_choice(state, "score") == "spark.jit auto: late (input ~13 rows)"
     proc = sparkeras(state, "sql", "SELECT predicted_y FROM line_scores WHERE ID = 100",
                      "--format", "json")
     assert json.loads(proc.stdout)["predicted_y"] == pytest.approx(31, abs=1)

@@ -57,13 +57,17 @@ def test_a_held_metastore_is_one_line_naming_the_server(spark, cfg):
 
 
 def test_the_embedded_jvm_runs_the_quick_jit_unless_the_user_says_so(spark, tmp_path):
-    # A command's JVM lives for one command: C1 alone (docs/performance.md).
+    # A command's JVM lives for one command: C1 alone (docs/performance.md); `auto`, the
+    # default, chooses it when the input's size is not known (as here: no command).
     runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
     args = list(runtime.getInputArguments())
     assert "-XX:TieredStopAtLevel=1" in args, args
+    assert load_config(None, [f"state_dir={tmp_path}"]).spark.jit == "auto"
     assert load_config(None, [f"state_dir={tmp_path}", "spark.jit=full"]).spark.jit == "full"
+    with pytest.raises(ConfigError, match="spark.jit_late_from_rows"):
+        load_config(None, [f"state_dir={tmp_path}", "spark.jit_late_from_rows=0"])
     with pytest.raises(ConfigError,
-                       match="'spark.jit' must be one of \\['full', 'late', 'quick'\\]"):
+                       match="'spark.jit' must be one of \\['auto', 'full', 'late', 'quick'\\]"):
         load_config(None, [f"state_dir={tmp_path}", "spark.jit=fast"])
 
 

@@ -225,6 +225,24 @@ def written_tables(args, cfg) -> list[str]:
     return []
 
 
+def input_rows(args, cfg) -> Optional[int]:
+    """How many rows an ingest or a score of tables will read, estimated from local files
+    before the JVM starts (for ``spark.jit: auto``); None when not asked or unknown. Never
+    fails the command: the estimate only chooses the JVM's compilers."""
+    workload = getattr(args, "workload", None)
+    if cfg.spark.jit != "auto" or workload not in ("incidents", "tabular"):
+        return None
+    from . import input_size
+    try:
+        if args.command == "ingest":
+            return input_size.source_rows(args.source, args.format)
+        if args.command == "score":
+            return input_size.table_rows(cfg.spark.warehouse_dir, cfg.table_name(args.table))
+    except Exception as exc:      # noqa: BLE001 (see the docstring)
+        log.debug(f"input size unknown: {exc!r}")
+    return None
+
+
 def run(args, cfg, out) -> Optional[dict]:
     """Execute parsed ``args``; return the JSON summary (None when the product is the output)."""
     from .write_lock import holding
@@ -243,7 +261,8 @@ def _run(args, cfg, out) -> Optional[dict]:
     if args.command == "server":                # manages the JVM; uses no session itself
         return _server(args.action, cfg)
     from .session import get_spark
-    spark = get_spark(cfg, keep_classes=True)     # main() ends the JVM and waits for it
+    # main() ends the JVM and waits for it
+    spark = get_spark(cfg, keep_classes=True, input_rows=input_rows(args, cfg))
     cmd, workload = args.command, getattr(args, "workload", None)
     if cmd == "generate" and workload == "images":
         from .workloads import image_synth

@@ -55,11 +55,14 @@ class SparkConf:
     # cache folder, shared by every state folder), off (YAML's false), or a folder.
     class_archive: Union[str, Literal[False]] = "auto"
     # The embedded JVM's just-in-time compilers: "quick" (C1 alone, -XX:TieredStopAtLevel=1),
-    # "late" (C1, then C2 only for code that stays hot: 10x HotSpot's tier-4 thresholds) or
-    # "full" (C1, then C2 for hot code). A command's JVM lives for one command, and C2's
-    # compiler threads take CPU the work needs (docs/performance.md, "The command's JVM").
+    # "late" (C1, then C2 only for code that stays hot: 10x HotSpot's tier-4 thresholds),
+    # "full" (C1, then C2 for hot code), or "auto": late when the command's input holds at
+    # least jit_late_from_rows rows (estimated before the JVM starts: sparkeras.input_size),
+    # else quick. A command's JVM lives for one command, and C2's compiler threads take CPU
+    # the work needs (docs/performance.md, "The command's JVM").
     # `sparkeras server` and clusters' executors keep the full JIT.
-    jit: str = "quick"
+    jit: str = "auto"
+    jit_late_from_rows: int = 2_000_000
 
 
 @dataclass
@@ -211,7 +214,7 @@ class Config:
 
 _CHOICES = {
     "spark.catalog": {"hive", "in-memory"},
-    "spark.jit": {"quick", "late", "full"},
+    "spark.jit": {"auto", "quick", "late", "full"},
     "tables.format": {"parquet", "delta"},
     "train.strategy": {"mirrored", "default"},
     "train.precision": {"float32", "mixed_float16", "mixed_bfloat16"},
@@ -219,7 +222,8 @@ _CHOICES = {
     "images.architecture": {"auto", "classic_cnn", "folder_cnn", "transfer"},
     "images.backbone": {"mobilenet_v2", "resnet50_v2", "efficientnet_b0", "vgg16", "resnet50"},
 }
-_POSITIVE = {"train.epochs", "train.batch_size", "train.patience", "train.shuffle_buffer",
+_POSITIVE = {"spark.jit_late_from_rows",
+             "train.epochs", "train.batch_size", "train.patience", "train.shuffle_buffer",
              "train.max_attempts", "train.slot_wait_seconds",
              "server.connect_port", "server.jdbc_port", "server.start_timeout",
              "score.arrow_batch_rows", "score.worker_threads", "score.predict_chunk_rows",

@@ -100,12 +100,14 @@ def remote_url(cfg: Config) -> Optional[str]:
 CONNECT_SESSION_CONF = ("spark.sql.session.timeZone", "spark.sql.codegen.hugeMethodLimit")
 
 
-def get_spark(cfg: Config, keep_classes: bool = False):
+def get_spark(cfg: Config, keep_classes: bool = False, input_rows: Optional[int] = None):
     """Return the active SparkSession, or build one from ``cfg.spark`` (see the module doc).
 
     An embedded JVM starts from the class archive (:mod:`sparkeras.class_archive`) when there
     is one; ``keep_classes``: when there is none, this JVM writes it as it exits (for a
-    caller that ends the JVM with :func:`end_embedded_jvm`, as commands do)."""
+    caller that ends the JVM with :func:`end_embedded_jvm`, as commands do). ``input_rows``:
+    how many rows the caller is about to read, when it knows (:mod:`sparkeras.input_size`),
+    for ``spark.jit: auto`` (:func:`choose_jit`)."""
     prepare_environment(cfg)
     from pyspark.sql import SparkSession
 
@@ -121,13 +123,13 @@ def get_spark(cfg: Config, keep_classes: bool = False):
     conf = session_conf(cfg)
     archive = class_archive.plan(cfg.spark.class_archive, create=keep_classes)
     try:
-        spark = _embedded(cfg, conf, archive)
+        spark = _embedded(cfg, conf, archive, input_rows)
     except Exception:
         if archive is None or archive.dump_to is not None:
             raise
         # e.g. a damaged archive: start without it, and remove it only when that start works
         # (a start that fails either way says nothing about the archive)
-        spark = _embedded(cfg, conf, None)
+        spark = _embedded(cfg, conf, None, input_rows)
         class_archive.discard(archive)
     interrupts.watch()              # PySpark installed its own SIGINT handler: chain in front
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
@@ -145,6 +147,18 @@ JIT_OPTIONS = {
             "-XX:Tier4CompileThreshold=150000 -XX:Tier4BackEdgeThreshold=400000",
     "full": "",
 }
+#: ``spark.jit: auto``: one of :data:`JIT_OPTIONS`, chosen from the input's size.
+AUTO = "auto"
+
+
+def choose_jit(setting: str, input_rows: Optional[int], late_from_rows: int) -> str:
+    """The compilers of a new JVM: ``setting`` itself, unless it is ``auto``: then ``late``
+    for an input of at least ``late_from_rows`` rows, else ``quick`` (also when the size is
+    unknown: small inputs are the common case, and ``quick`` is never far off on large ones).
+    """
+    if setting != AUTO:
+        return setting
+    return "late" if input_rows is not None and input_rows >= late_from_rows else "quick"
 
 
 def driver_java_options(jit: str, user: str, archive: str | None = None) -> str:
@@ -153,14 +167,18 @@ def driver_java_options(jit: str, user: str, archive: str | None = None) -> str:
     return " ".join(part for part in (JIT_OPTIONS[jit], user, archive) if part)
 
 
-def _embedded(cfg: Config, conf: dict[str, str], archive):
+def _embedded(cfg: Config, conf: dict[str, str], archive, input_rows: Optional[int] = None):
     """Launch the embedded JVM with ``conf``, the ``spark.jit`` compilers and the class
     archive's options."""
     from pyspark.sql import SparkSession
+    jit = choose_jit(cfg.spark.jit, input_rows, cfg.spark.jit_late_from_rows)
+    if cfg.spark.jit == AUTO:
+        size = "unknown" if input_rows is None else f"~{input_rows:,} rows"
+        logging.getLogger("sparkeras").debug(f"spark.jit auto: {jit} (input {size})")
     builder = SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
     for key, value in conf.items():
         if key == "spark.driver.extraJavaOptions":
-            value = driver_java_options(cfg.spark.jit, value,
+            value = driver_java_options(jit, value,
                                         archive.java_options() if archive is not None else None)
         builder = builder.config(key, value)
     if cfg.spark.catalog == "hive":
