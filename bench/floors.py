@@ -1,5 +1,6 @@
 """The floor jobs of ``bench/stages.py``: what Spark itself needs for a stage's I/O, run as a
-whole command in a new process with the same session code as sparkeras.
+whole command in a new process with the same session code as sparkeras (and the same JIT:
+``spark.jit: auto`` chooses from the input's size for both).
 
     python bench/floors.py --state DIR score-incidents --table T --output O
     python bench/floors.py --state DIR ingest-incidents --source SRC --table T
@@ -62,7 +63,14 @@ def main() -> int:
     from sparkeras.session import get_spark
     from sparkeras.workloads.incidents import FEATURES
     cfg = load_config(None, [f"state_dir={args.state}"])
-    spark = get_spark(cfg)
+    # the JVM's compilers chosen as a sparkeras command's are (spark.jit: auto, by the size
+    # of the input), so that both sides of a comparison run the same JIT
+    from sparkeras import input_size
+    rows = (input_size.table_rows(cfg.spark.warehouse_dir, cfg.table_name(args.table))
+            if args.job == "score-incidents" else
+            input_size.source_rows(args.source, "csv") if args.job == "ingest-incidents"
+            else None)
+    spark = get_spark(cfg, input_rows=rows)
     if args.job == "score-incidents":
         from pyspark.sql import functions as F
         from pyspark.sql.functions import pandas_udf
