@@ -140,7 +140,8 @@ def get_spark(cfg: Config, keep_classes: bool = False, input_rows: Optional[int]
 # alone ("quick") compiles sooner and leaves the cores to the work. Measured on 2 cores: a
 # 13-row ingest 35-42 -> 29-30 s, the 1,000,000-row demo 143 -> 125 s. "late" keeps C2 for the
 # code that stays hot (the scoring and CSV loops of a large job) and spares it the rest: C2 at
-# 10x HotSpot's tier-4 thresholds (docs/performance.md, "The command's JVM").
+# 10x HotSpot's tier-4 thresholds (docs/performance.md, "The command's JVM"). "auto" (the
+# default) chooses between the two from the size of the command's input (:func:`choose_jit`).
 JIT_OPTIONS = {
     "quick": "-XX:TieredStopAtLevel=1",
     "late": "-XX:Tier4InvocationThreshold=50000 -XX:Tier4MinInvocationThreshold=6000 "
@@ -154,8 +155,8 @@ AUTO = "auto"
 def choose_jit(setting: str, input_rows: Optional[int], late_from_rows: int) -> str:
     """The compilers of a new JVM: ``setting`` itself, unless it is ``auto``: then ``late``
     for an input of at least ``late_from_rows`` rows, else ``quick`` (also when the size is
-    unknown: small inputs are the common case, and ``quick`` is never far off on large ones).
-    """
+    unknown: a first try is a small file, where ``quick`` is the fastest; docs/performance.md,
+    "``spark.jit: auto``")."""
     if setting != AUTO:
         return setting
     return "late" if input_rows is not None and input_rows >= late_from_rows else "quick"
