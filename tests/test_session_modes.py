@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from sparkeras.config import ConfigError, load_config
-from sparkeras.session import driver_java_options, is_connect, remote_url, session_conf
+from sparkeras.session import (
+    driver_java_options,
+    is_connect,
+    jvm_error,
+    remote_url,
+    session_conf,
+)
 
 
 def test_remote_comes_from_the_setting_then_the_environment_then_a_running_server(
@@ -69,6 +75,21 @@ def test_the_embedded_jvm_runs_the_quick_jit_unless_the_user_says_so(spark, tmp_
     with pytest.raises(ConfigError,
                        match="'spark.jit' must be one of \\['auto', 'full', 'late', 'quick'\\]"):
         load_config(None, [f"state_dir={tmp_path}", "spark.jit=fast"])
+
+
+def test_a_jvm_that_did_not_start_is_told_by_its_own_reason():
+    banners = ("Error: Could not create the Java Virtual Machine.\n"
+               "Error: A fatal exception has occurred. Program will exit.\n")
+    assert jvm_error("2026-12-03 07:28:33,657 DEBUG sparkeras: spark.jit auto: quick\n\n"
+                     "The Java thread stack size specified is too small. Specify at least "
+                     "136k\n" + banners) == \
+        "The Java thread stack size specified is too small. Specify at least 136k"
+    assert jvm_error("Error: LinkageError occurred while loading main class "
+                     "org.apache.spark.launcher.Main\n\tjava.lang.UnsupportedClassVersionError: "
+                     "...\n") == ("Error: LinkageError occurred while loading main class "
+                                  "org.apache.spark.launcher.Main")      # a Java 8
+    assert jvm_error("JAVA_HOME is not set\n") == "JAVA_HOME is not set"
+    assert jvm_error(banners) == "" and jvm_error("") == ""
 
 
 def test_the_jit_options_come_first_so_that_the_users_own_win():

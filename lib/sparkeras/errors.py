@@ -55,5 +55,10 @@ class MetastoreBusy(SparkerasError):
     """Another process holds the embedded (Derby) metastore, which admits one at a time."""
 
 
+class JvmDidNotStart(SparkerasError):
+    """The embedded Spark JVM exited before it answered (a bad JVM option, too much driver
+    memory for the machine, a missing or wrong Java)."""
+
+
 class ServerError(SparkerasError):
     """``sparkeras server`` could not start, or no server answers where one was expected."""

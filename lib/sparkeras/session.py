@@ -25,6 +25,7 @@ from typing import Optional
 
 from . import class_archive, interrupts, logs
 from .config import Config
+from .errors import JvmDidNotStart
 
 
 def prepare_environment(cfg: Config) -> None:
@@ -190,8 +191,52 @@ def _embedded(cfg: Config, conf: dict[str, str], archive, input_rows: Optional[i
             f"({archive.path.parent}, ~150 MB, once), so later commands start faster")
     # The JVM (and the Python workers it starts) write their output to this command's log
     # file when there is one: Spark's start-up notices and log lines stay off the terminal.
-    with logs.output_to(logs.run_log()):
-        return builder.getOrCreate()
+    log_file = logs.run_log()
+    since = _size(log_file)
+    try:
+        with logs.output_to(log_file):
+            return builder.getOrCreate()
+    except Exception as exc:
+        if "JAVA_GATEWAY_EXITED" not in str(exc) and "gateway process exited" not in str(exc):
+            raise
+        said = jvm_error(_tail(log_file, since)) if log_file else ""
+        raise JvmDidNotStart(
+            "the Spark JVM did not start" + (f": {said}" if said else "")
+            + " (check spark.driver.memory, spark.driver.extraJavaOptions in spark.conf, "
+            "and the Java installation: JAVA_HOME, Java 17 or 21)") from exc
+
+
+# What a JVM says on any failed start, after the reason it gave.
+_JVM_BANNERS = ("Error: Could not create the Java Virtual Machine.",
+                "Error: A fatal exception has occurred. Program will exit.")
+
+
+def jvm_error(output: str) -> str:
+    """The line that says why a JVM (or its launcher script) did not start, from what it
+    wrote: its first line that is not one of sparkeras' own log lines or the JVM's generic
+    banners ("" when there is none)."""
+    import re
+    for line in output.splitlines():
+        line = line.strip()
+        if line and line not in _JVM_BANNERS and not re.match(r"\d{4}-\d\d-\d\d \d", line):
+            return line[:300]
+    return ""
+
+
+def _size(path: Optional[Path]) -> int:
+    try:
+        return path.stat().st_size if path else 0
+    except OSError:
+        return 0
+
+
+def _tail(path: Path, since: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(since)
+            return fh.read(64_000).decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def connect_session(cfg: Config, url: str):
