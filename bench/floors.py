@@ -1,6 +1,7 @@
 """The floor jobs of ``bench/stages.py``: what Spark itself needs for a stage's I/O, run as a
-whole command in a new process with the same session code as sparkeras (and the same JIT:
-``spark.jit: auto`` chooses from the input's size for both).
+whole command in a new process with the same session code as sparkeras (the same JIT:
+``spark.jit: auto`` chooses from the input's size for both; and its JVM stopped and waited
+for at the end, as a command's is).
 
     python bench/floors.py --state DIR score-incidents --table T --output O
     python bench/floors.py --state DIR ingest-incidents --source SRC --table T
@@ -104,6 +105,10 @@ def main() -> int:
         df = (spark.read.schema(schema).option("header", True).option("mode", "PERMISSIVE")
               .csv(args.source))
         df.write.mode("overwrite").format("parquet").saveAsTable(args.table)
+    # ended as a sparkeras command ends its JVM: stopped and waited for (its shutdown is part
+    # of a whole command; the metastore is free for the next one; its CPU is counted)
+    from sparkeras.session import end_embedded_jvm
+    end_embedded_jvm()
     print(json.dumps({"job": args.job,
                       "seconds_in_process": round(time.perf_counter() - started, 2)}))
     return 0
