@@ -140,6 +140,13 @@ def test_one_batch_is_written_without_sorting_the_rows_by_it(trained, spark, cfg
     assert sorts_before_write(write_plans(spark, "tr_batch_scores")[-1])
     assert dict(spark.table("tr_batch_scores").groupBy("batch_id").count().collect()) == \
         {"b1": 500, "b2": 500}
+    # re-scoring one batch into the existing table (the daily case: an insert, not a create)
+    again = score_incidents(spark, cfg, "default.tr_one_batch", "default.tr_batch_scores")
+    assert (again.batch_ids, again.scored_rows) == (["b1"], 1000)
+    assert len(write_plans(spark, "tr_batch_scores")) == 3
+    assert not sorts_before_write(write_plans(spark, "tr_batch_scores")[-1])
+    assert dict(spark.table("tr_batch_scores").groupBy("batch_id").count().collect()) == \
+        {"b1": 1000, "b2": 500}
 
 
 def test_unscorable_rows_go_to_quarantine(trained, spark, cfg):
