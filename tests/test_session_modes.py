@@ -89,6 +89,9 @@ def test_a_jvm_that_did_not_start_is_told_by_its_own_reason():
                      "...\n") == ("Error: LinkageError occurred while loading main class "
                                   "org.apache.spark.launcher.Main")      # a Java 8
     assert jvm_error("JAVA_HOME is not set\n") == "JAVA_HOME is not set"
+    assert jvm_error("Picked up JAVA_TOOL_OPTIONS: -XX:+UseParallelGC\nNOTE: Picked up "
+                     "JDK_JAVA_OPTIONS: -Dx=1\nInvalid maximum heap size: -Xmx4q\n"
+                     + banners) == "Invalid maximum heap size: -Xmx4q"   # not the notices
     assert jvm_error(banners) == "" and jvm_error("") == ""
 
 

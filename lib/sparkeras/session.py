@@ -213,12 +213,14 @@ _JVM_BANNERS = ("Error: Could not create the Java Virtual Machine.",
 
 def jvm_error(output: str) -> str:
     """The line that says why a JVM (or its launcher script) did not start, from what it
-    wrote: its first line that is not one of sparkeras' own log lines or the JVM's generic
-    banners ("" when there is none)."""
+    wrote: its first line that is not one of sparkeras' own log lines, the JVM's generic
+    banners or its notice of options from the environment ("Picked up JAVA_TOOL_OPTIONS:
+    ..."); "" when there is none."""
     import re
     for line in output.splitlines():
         line = line.strip()
-        if line and line not in _JVM_BANNERS and not re.match(r"\d{4}-\d\d-\d\d \d", line):
+        if line and line not in _JVM_BANNERS and not re.match(
+                r"\d{4}-\d\d-\d\d \d|(NOTE: )?Picked up \w+:", line):
             return line[:300]
     return ""
 
