@@ -1,5 +1,7 @@
 """The input's size, estimated before the JVM starts (``spark.jit: auto``): from real CSV,
 JSON-lines and parquet files, laid out as Spark writes them, without Spark."""
+import gzip
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,10 +20,11 @@ def _csv(path, first, n):
 
 
 def _spark_folder(folder):
-    """The files Spark leaves beside its part files: skipped."""
+    """The files Spark leaves beside its part files: skipped (counted, this checksum file of
+    100,000 newlines would be the largest file and the estimate far off)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "_SUCCESS").write_text("")
-    (folder / ".part-00000.crc").write_bytes(b"\x00" * 5000)
+    (folder / ".part-00000.crc").write_bytes(b"\n" * 100_000)
 
 
 def test_csv_rows_are_bytes_over_the_mean_line_less_one_header_per_file(tmp_path):
@@ -39,6 +42,9 @@ def test_csv_rows_are_bytes_over_the_mean_line_less_one_header_per_file(tmp_path
     assert input_size.source_rows(f"file://{tmp_path}/small.csv", "csv") == 1000
     assert input_size.source_rows(str(tmp_path / "sm*.csv"), "csv") == 1000
     assert input_size.source_rows(str(tmp_path / "small.csv"), "json") == 1001   # no header
+    # compressed text (Spark reads it by its suffix): its bytes say nothing of its lines
+    (tmp_path / "small.csv.gz").write_bytes(gzip.compress((tmp_path / "small.csv").read_bytes()))
+    assert input_size.source_rows(str(tmp_path / "small.csv.gz"), "csv") is None
 
 
 def test_parquet_rows_come_from_the_footers_of_a_partitioned_table(tmp_path, monkeypatch):
@@ -61,6 +67,14 @@ def test_parquet_rows_come_from_the_footers_of_a_partitioned_table(tmp_path, mon
     pq.write_table(pa.table({"ID": [1, 2]}), other / "part-0.parquet")
     assert input_size.table_rows(wh, "ops.t") == 2
     assert input_size.table_rows(wh, "default.t") is None
+    # only the batches a command scores (--input-batch)
+    assert input_size.table_rows(wh, "scored", ["b2"]) == 300
+    assert input_size.table_rows(wh, "scored", ["b1", "b3", "b9"]) == 600
+    assert input_size.table_rows(wh, "scored", ["b9"]) is None
+    assert input_size.table_rows(wh, "ops.t", ["b1"]) is None       # not partitioned by it
+    # a Delta table keeps replaced files until vacuumed: its files do not count its rows
+    (other / "_delta_log").mkdir()
+    assert input_size.table_rows(wh, "ops.t") is None
 
 
 def test_what_cannot_be_seen_is_unknown_never_an_error(tmp_path):
@@ -87,6 +101,7 @@ def test_auto_is_late_from_the_threshold_and_quick_below_or_when_unknown():
     (["ingest", "incidents", "--source", "{tmp}/small.csv", "--table", "t"], 1000),
     (["ingest", "tabular", "--schema", "s.yml", "--source", "{tmp}/small.csv"], 1000),
     (["score", "incidents", "--table", "scored", "--output", "o"], 900),
+    (["score", "incidents", "--table", "scored", "--output", "o", "--input-batch", "b2"], 400),
     (["ingest", "images", "--source", "{tmp}/small.csv", "--table", "t", "--format", "idx"],
      None),                                                   # images: not estimated
     (["sql", "SELECT 1"], None),
@@ -96,8 +111,10 @@ def test_auto_is_late_from_the_threshold_and_quick_below_or_when_unknown():
 def test_which_commands_estimate_their_input(tmp_path, words, expected):
     _csv(tmp_path / "small.csv", 1, 1000)
     table = tmp_path / "state" / "warehouse" / "scored"
-    table.mkdir(parents=True)
-    pq.write_table(pa.table({"ID": list(range(900))}), table / "part-0.parquet")
+    for batch, rows in (("b1", 500), ("b2", 400)):
+        (table / f"ingest_batch_id={batch}").mkdir(parents=True)
+        pq.write_table(pa.table({"ID": list(range(rows))}),
+                       table / f"ingest_batch_id={batch}" / "part-0.parquet")
     args = build_parser().parse_args(["--set", f"state_dir={tmp_path / 'state'}", "--set",
                                       "spark.jit=auto"]
                                      + [w.replace("{tmp}", str(tmp_path)) for w in words])

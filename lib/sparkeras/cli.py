@@ -237,7 +237,8 @@ def input_rows(args, cfg) -> Optional[int]:
         if args.command == "ingest":
             return input_size.source_rows(args.source, args.format)
         if args.command == "score":
-            return input_size.table_rows(cfg.spark.warehouse_dir, cfg.table_name(args.table))
+            return input_size.table_rows(cfg.spark.warehouse_dir, cfg.table_name(args.table),
+                                         args.input_batch)
     except Exception as exc:      # noqa: BLE001 (see the docstring)
         log.debug(f"input size unknown: {exc!r}")
     return None

@@ -20,6 +20,8 @@ from .sources import GLOB
 SAMPLE_BYTES = 1 << 20
 #: Parquet: footers read from at most this many files; the rest in proportion to their bytes.
 MAX_FOOTERS = 64
+#: Compressed text (Spark reads it by its suffix): lines cannot be counted from its bytes.
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".snappy", ".deflate", ".zip")
 
 
 def _local(path: str) -> Optional[str]:
@@ -68,6 +70,8 @@ def _parquet_rows(files: list[Path]) -> Optional[int]:
 
 
 def _text_rows(files: list[Path], headers: bool) -> Optional[int]:
+    if any(f.name.lower().endswith(COMPRESSED) for f in files):
+        return None
     sizes = [f.stat().st_size for f in files]
     total = sum(sizes)
     if total == 0:
@@ -101,17 +105,23 @@ def source_rows(source: str, fmt: str) -> Optional[int]:
     return estimate_rows(files, fmt) if files else None
 
 
-def table_rows(warehouse_dir: str, table: str) -> Optional[int]:
+def table_rows(warehouse_dir: str, table: str, batches: Optional[Iterable[str]] = None,
+               batch_column: str = "ingest_batch_id") -> Optional[int]:
     """Rows of a parquet table in the local warehouse, found where the metastore puts a
     managed table (``<warehouse>/<name>`` in ``default``, ``<warehouse>/<db>.db/<name>``
-    elsewhere), or None when it is not there (an external table, another format, no
-    local warehouse)."""
+    elsewhere), or None when it is not there (an external table, a Delta table, no local
+    warehouse). ``batches``: only the rows of these partitions of ``batch_column`` (a
+    command scoring a day's batch of a large table)."""
     db, _, name = table.rpartition(".")
     root = _local(warehouse_dir)
     if root is None or not name:
         return None
     folder = Path(root, name.lower()) if db in ("", "default") else \
         Path(root, f"{db.lower()}.db", name.lower())
-    files = [f for f in local_files(str(folder)) if f.suffix == ".parquet"] \
-        if folder.is_dir() else []
+    if not folder.is_dir() or (folder / "_delta_log").exists():
+        return None            # Delta: replaced files stay until vacuumed, so not counted
+    files = [f for f in local_files(str(folder)) if f.suffix == ".parquet"]
+    if batches is not None:
+        wanted = {f"{batch_column}={b}" for b in batches}
+        files = [f for f in files if wanted & set(f.relative_to(folder).parts[:-1])]
     return estimate_rows(files, "parquet") if files else None
