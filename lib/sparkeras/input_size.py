@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .sources import GLOB
+from .tables import INGEST_BATCH
 
 #: Text files: the first this many bytes of the largest file give the mean line length.
 SAMPLE_BYTES = 1 << 20
@@ -59,14 +60,13 @@ def local_files(source: str, recursive: bool = False) -> list[Path]:
 
 def _parquet_rows(files: list[Path]) -> Optional[int]:
     import pyarrow.parquet as pq
-    files = [f for f in files if f.stat().st_size > 0]
-    if not files:
+    sizes = {f: n for f in files if (n := f.stat().st_size) > 0}
+    if not sizes:
         return 0
-    sample = files[:MAX_FOOTERS]
+    sample = list(sizes)[:MAX_FOOTERS]
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in sample)
-    sampled_bytes = sum(f.stat().st_size for f in sample)
-    total_bytes = sum(f.stat().st_size for f in files)
-    return round(rows * total_bytes / sampled_bytes) if sampled_bytes else rows
+    sampled_bytes = sum(sizes[f] for f in sample)
+    return round(rows * sum(sizes.values()) / sampled_bytes)
 
 
 def _text_rows(files: list[Path], headers: bool) -> Optional[int]:
@@ -106,7 +106,7 @@ def source_rows(source: str, fmt: str) -> Optional[int]:
 
 
 def table_rows(warehouse_dir: str, table: str, batches: Optional[Iterable[str]] = None,
-               batch_column: str = "ingest_batch_id") -> Optional[int]:
+               batch_column: str = INGEST_BATCH) -> Optional[int]:
     """Rows of a parquet table in the local warehouse, found where the metastore puts a
     managed table (``<warehouse>/<name>`` in ``default``, ``<warehouse>/<db>.db/<name>``
     elsewhere), or None when it is not there (an external table, a Delta table, no local
