@@ -123,3 +123,44 @@ def test_a_command_makes_the_archive_the_next_uses_it_and_a_damaged_one_is_repla
     assert code == 0 and out.split() == ["x", "1"], err[-3000:]
     assert f"the JVM did not start with its class archive {made}: removed it" in err
     assert list(archive.iterdir()) == []
+
+
+def test_a_class_path_with_a_folder_of_files_goes_without_the_archive(tmp_path, monkeypatch):
+    """Spark's launcher puts SPARK_CONF_DIR (and HADOOP_CONF_DIR, ...) on the JVM's class
+    path; Java cannot archive classes with a non-empty folder there."""
+    for name in ("SPARK_CONF_DIR", "SPARK_CLASSPATH", "HADOOP_CONF_DIR", "YARN_CONF_DIR",
+                 "SPARK_DIST_CLASSPATH"):
+        monkeypatch.delenv(name, raising=False)
+    where = tmp_path / "jvm"
+    assert class_archive.class_path_folders() == []
+    conf_dir, empty, jars = tmp_path / "conf", tmp_path / "empty", tmp_path / "jars"
+    for folder in (conf_dir, empty, jars):
+        folder.mkdir()
+    (conf_dir / "spark-defaults.conf").write_text("spark.ui.enabled false\n")
+    (jars / "a.jar").write_bytes(b"PK")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(empty))         # an empty folder is no obstacle
+    monkeypatch.setenv("SPARK_DIST_CLASSPATH", f"{jars}/*{os.pathsep}{jars / 'a.jar'}")
+    assert class_archive.class_path_folders() == []
+    assert class_archive.plan(str(where), create=True) is not None
+    class_archive.publish(False)                               # forget the pending dump
+    assert class_archive.class_path_folders(f"{jars}{os.pathsep}{empty}") == [jars]
+    assert class_archive.plan(str(where), create=True, extra_class_path=str(jars)) is None
+    monkeypatch.setenv("HADOOP_CONF_DIR", str(conf_dir))
+    assert class_archive.class_path_folders() == [conf_dir]
+    assert class_archive.plan(str(where), create=True) is None
+    assert list(where.iterdir()) == []
+
+
+@pytest.mark.slow   # one command
+def test_a_command_with_a_spark_conf_dir_reads_it_and_tries_no_archive(tmp_path, monkeypatch):
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "spark-defaults.conf").write_text("spark.sparkeras.probe from-conf-dir\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf_dir))
+    archive = tmp_path / "jvm"
+    code, out, err = _command(tmp_path, archive, "sql", "SET spark.sparkeras.probe")
+    assert code == 0 and "from-conf-dir" in out, err[-3000:]
+    # before: every such command said it was saving the classes, and its JVM failed to
+    # ("Cannot have non-empty directory in paths") as it exited
+    assert "saves the classes" not in err
+    assert not archive.exists() or list(archive.iterdir()) == []

@@ -122,7 +122,8 @@ def get_spark(cfg: Config, keep_classes: bool = False, input_rows: Optional[int]
     metastore_in_use(cfg)
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
     conf = session_conf(cfg)
-    archive = class_archive.plan(cfg.spark.class_archive, create=keep_classes)
+    archive = class_archive.plan(cfg.spark.class_archive, create=keep_classes,
+                                 extra_class_path=conf.get("spark.driver.extraClassPath", ""))
     try:
         spark = _embedded(cfg, conf, archive, input_rows)
     except Exception:
