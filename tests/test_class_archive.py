@@ -131,6 +131,7 @@ def test_a_class_path_with_a_folder_of_files_goes_without_the_archive(tmp_path, 
     for name in ("SPARK_CONF_DIR", "SPARK_CLASSPATH", "HADOOP_CONF_DIR", "YARN_CONF_DIR",
                  "SPARK_DIST_CLASSPATH"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path / "spark"))     # no conf/ folder there
     where = tmp_path / "jvm"
     assert class_archive.class_path_folders() == []
     conf_dir, empty, jars = tmp_path / "conf", tmp_path / "empty", tmp_path / "jars"
@@ -148,6 +149,11 @@ def test_a_class_path_with_a_folder_of_files_goes_without_the_archive(tmp_path, 
     monkeypatch.setenv("HADOOP_CONF_DIR", str(conf_dir))
     assert class_archive.class_path_folders() == [conf_dir]
     assert class_archive.plan(str(where), create=True) is None
+    monkeypatch.delenv("HADOOP_CONF_DIR")
+    (tmp_path / "spark" / "conf").mkdir(parents=True)      # a Spark distribution's templates
+    (tmp_path / "spark" / "conf" / "log4j2.properties.template").write_text("")
+    monkeypatch.delenv("SPARK_CONF_DIR")
+    assert class_archive.class_path_folders() == [tmp_path / "spark" / "conf"]
     assert list(where.iterdir()) == []
 
 
