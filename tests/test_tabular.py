@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from plans import write_plans
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -159,6 +160,36 @@ def test_rows_the_model_cannot_score_are_quarantined_and_their_batch_replaced(sp
     assert refused == {(3, "b1"): "the model returned a non-finite prediction",
                        (4, "b2"): "the model returned a non-finite prediction"}
     assert sorted(r.ID for r in spark.table("refused_out").collect()) == [1, 2]
+
+
+def test_a_one_batch_input_is_counted_by_its_write(spark, regression):
+    """One batch (the usual case) is counted by the write itself (Spark's observed metrics),
+    with no pass of its own: invalid rows, rows the model refuses and scored rows still add
+    up to the input, and a batch whose every row is refused loses its earlier scores."""
+    c, result = regression
+    uri = f"models:/diabetes/{result['model_version']}"
+
+    def score_with(bmi):
+        (spark.table("diabetes").where("ID IN (1, 2, 3, 4, 5)").withColumn("BMI", bmi)
+         .withColumn("ingest_batch_id", F.lit("b1"))
+         .write.mode("overwrite").saveAsTable("one_batch_in"))
+        r = score_tabular(spark, c, "default.one_batch_in", "default.one_batch_out", uri)
+        assert "CollectMetrics" in write_plans(spark, "one_batch_out")[-1]
+        return (r.input_rows, r.scored_rows, r.quarantined_rows), {
+            q.ID: q.reason for q in spark.table("one_batch_out_quarantine").collect()}
+
+    counts, quarantined = score_with(F.when(F.col("ID") == 3, F.lit(1e300))
+                                     .when(F.col("ID") == 4, F.lit(None)).otherwise(F.col("BMI")))
+    assert counts == (5, 3, 2)
+    assert quarantined == {3: "the model returned a non-finite prediction", 4: "missing BMI"}
+    assert sorted(r.ID for r in spark.table("one_batch_out").collect()) == [1, 2, 5]
+    counts, quarantined = score_with(F.lit(1e300))
+    assert counts == (5, 0, 5)
+    assert set(quarantined.values()) == {"the model returned a non-finite prediction"}
+    assert spark.table("one_batch_out").count() == 0
+    counts, quarantined = score_with(F.col("BMI"))
+    assert (counts, quarantined) == ((5, 5, 0), {})
+    assert spark.table("one_batch_out").count() == 5
 
 
 def test_a_worse_regression_model_stays_out_by_rmse(spark, regression, diabetes):
