@@ -319,30 +319,6 @@ class ScoreResult:
         return dict(self.__dict__)
 
 
-class _Observed:
-    """The rows a one-batch write read, the invalid ones among them and the rows it wrote,
-    counted by the write job itself (Spark's observed metrics): no pass of their own."""
-
-    def __init__(self):
-        from pyspark.sql import Observation
-        self._input, self._output = Observation("sparkeras_input"), Observation(
-            "sparkeras_written")
-
-    def input(self, df):
-        from pyspark.sql import functions as F
-        return df.observe(self._input, F.count(F.lit(1)).alias("rows"),
-                          F.count("_problem").alias("invalid"))
-
-    def output(self, df):
-        from pyspark.sql import functions as F
-        return df.observe(self._output, F.count(F.lit(1)).alias("rows"))
-
-    def counts(self) -> tuple:
-        """(input rows, invalid rows, rows written), once the write has run."""
-        seen, kept = self._input.get, self._output.get
-        return seen["rows"], seen["invalid"], kept["rows"]
-
-
 def _default_batch(table: str) -> str:
     return "s" + hashlib.sha1(table.encode()).hexdigest()[:15]
 
@@ -376,30 +352,16 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
     else:
         batch = F.lit(_default_batch(table))
     df = src.withColumn("_batch", batch).withColumn("_problem", job.problems(src))
-    # An ingested table scored whole or by one batch: its batches are read from the batch
-    # column alone (a partition column: no data read); with one batch, the write itself
-    # counts its input and its invalid rows (observed metrics) instead of a pass of its own.
-    observed = None
-    if job.single_pass and not batch_id and INGEST_BATCH in src.columns:
-        batch_ids = sorted(r[0] for r in df.select("_batch").distinct().collect())
-        if len(batch_ids) == 1:
-            observed = _Observed()
-    if observed is None:
-        # One pass over the input: its batches, and per batch how many rows can be scored.
-        counts = {(r[0], r[1]): r[2] for r in df.groupBy(
-            "_batch", F.col("_problem").isNull()).count().collect()}
-        batch_ids = sorted({b for b, _ in counts})
-        input_rows = sum(counts.values())
-        invalid_batches = {b for b, ok in counts if not ok}
-        expected = {b: n for (b, ok), n in counts.items() if ok}   # rows given to the model
-    out_batch = F.col("_batch")
+    # One pass over the input: its batches, and per batch how many rows can be scored.
+    counts = {(r[0], r[1]): r[2] for r in df.groupBy(
+        "_batch", F.col("_problem").isNull()).count().collect()}
+    batch_ids = sorted({b for b, _ in counts})
+    input_rows = sum(counts.values())
+    invalid_batches = {b for b, ok in counts if not ok}
     if len(batch_ids) == 1 and not batch_id:
         # One batch (a table ingested once, a day's batch): written as a constant, Spark's
-        # partitioned write needs no sort of every row by it (4,000,000 rows: 0.5-2 s). Set
-        # in the write's last projection too: the optimizer sees no constant through an
-        # observation.
+        # partitioned write needs no sort of every row by it (4,000,000 rows: 0.5-2 s).
         df = df.withColumn("_batch", F.lit(batch_ids[0]))
-        out_batch = F.lit(batch_ids[0])
     qtable = tables.quarantine_name(output)
     model = job.model
     log.info(f"scoring {table} with {model.name} version {model.version} into {output}")
@@ -410,12 +372,12 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
                F.lit(model.version).alias("model_version")]
     with temporary_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                                 job.arrow_batch_rows}):
-        given = observed.input(df) if observed else df
-        scored = job.predict(given.where(F.col("_problem").isNull()))
+        scored = job.predict(df.where(F.col("_problem").isNull()))
+        expected = {b: n for (b, ok), n in counts.items() if ok}   # rows given to the model
         if job.single_pass:
             # The model refuses rows only when it returns non-finite numbers (rare): score
             # straight into the table, and look for refused rows only if some are missing.
-            scored_batches, failed_batches = set(batch_ids if observed else expected), set()
+            scored_batches, failed_batches = set(expected), set()
         else:
             # Rows are often refused (undecodable images): one pass through the model fills
             # a cache that both writes read.
@@ -423,24 +385,15 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
             outcome = scored.groupBy("_batch", F.col("_reason").isNull()).count().collect()
             scored_batches = {r[0] for r in outcome if r[1] and r[2]}
             failed_batches = {r[0] for r in outcome if not r[1] and r[2]}
-        kept = scored.where(F.col("_reason").isNull())
-        if observed:
-            kept = observed.output(kept)
-        out = kept.select(*job.output_columns, *lineage, now.alias("scored_at"),
-                          out_batch.alias(SCORE_BATCH))
+        out = scored.where(F.col("_reason").isNull()).select(
+            *job.output_columns, *lineage, now.alias("scored_at"),
+            F.col("_batch").alias(SCORE_BATCH))
         tables.write_batches(spark, out, output, SCORE_BATCH, batch_ids, job.table_format,
                              written=scored_batches)
-        if observed:
-            (only,) = batch_ids
-            input_rows, invalid_rows, written_rows = observed.counts()
-            invalid_batches = {only} if invalid_rows else set()
-            expected = {only: input_rows - invalid_rows}
-            written = {only: written_rows}
-        elif job.single_pass:
+        if job.single_pass:
             written = dict(spark.table(output).where(
                 F.col(SCORE_BATCH).isin(*batch_ids) & (F.col("scored_at") == now))
                 .groupBy(SCORE_BATCH).count().collect())
-        if job.single_pass:
             failed_batches = {b for b, n in expected.items() if written.get(b, 0) < n}
             # a batch whose every row was refused wrote nothing: its older rows must go
             tables.drop_batches(spark, output, SCORE_BATCH,
@@ -448,11 +401,7 @@ def score(spark, job: ScoringJob, table: str, output: str, batch_id: Optional[st
                                 job.table_format)
         keep = [c for c in src.columns if c != "image"]      # never copy image bytes
         raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in keep]))
-        # the model's pass again for the refused rows (single pass: nothing cached; and a
-        # plan with an observation runs once)
-        refused = (job.predict(df.where(F.col("_problem").isNull())) if job.single_pass
-                   else scored)
-        failed = refused.where(F.col("_reason").isNotNull()).select(
+        failed = scored.where(F.col("_reason").isNotNull()).select(
             *df.columns[:-1], F.col("_reason").alias("_problem"))
         invalid = df.where(F.col("_problem").isNotNull())
         bad = ((invalid.unionByName(failed) if failed_batches else invalid)
