@@ -78,6 +78,18 @@ def test_photo_folder_exact_counts_and_quarantine(spark, cfg, photo_folder):
     assert all(r.source.endswith(r.image_id) for r in spark.table("photos_quarantine").collect())
 
 
+def test_a_photo_folder_named_by_a_file_uri_keeps_its_class_folders(spark, cfg, photo_folder):
+    """``file:///...`` names the same folder as its path (before: its files lost their class
+    folders, and so their labels, and were told apart by file name only)."""
+    result = ingest_images(spark, cfg, f"file://{photo_folder}/train", "photos_uri", "folder",
+                           size=(8, 8, 1))
+    assert (result.input_rows, result.valid_rows, result.quarantined_rows) == (9, 6, 3)
+    assert result.labels == {"cats": 3, "dogs": 2, "golden retriever": 1}
+    assert sorted(_rows(spark, "photos_uri", result.batch_id)) == [
+        "cats/cat.1.jpg", "cats/cat.2.JPG", "cats/cat.3.png", "dogs/dog.1.jpeg",
+        "dogs/dog.2.PNG", "golden retriever/gr.1.Jpeg"]
+
+
 def test_reingest_replaces_the_batch_and_unlabeled_images(spark, cfg, photo_folder):
     first = ingest_images(spark, cfg, str(photo_folder), "photos2", "folder", size=(16, 16, 1))
     again = ingest_images(spark, cfg, str(photo_folder), "photos2", "folder", size=(16, 16, 1))

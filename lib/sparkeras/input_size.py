@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .sources import GLOB
+from .sources import GLOB, local_path
 from .tables import INGEST_BATCH
 
 #: Text files: the first this many bytes of the largest file give the mean line length.
@@ -25,15 +25,6 @@ MAX_FOOTERS = 64
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".snappy", ".deflate", ".zip")
 
 
-def _local(path: str) -> Optional[str]:
-    """``path`` as a local path, or None when it names another file system."""
-    if path.startswith("file:"):
-        return "/" + path[len("file:"):].lstrip("/")
-    if "://" in path or path.startswith("dbfs:"):
-        return None
-    return path
-
-
 def _hidden(name: str) -> bool:
     # Spark's file sources skip these too (_SUCCESS, .crc files, _delta_log...)
     return name.startswith(("_", "."))
@@ -42,7 +33,7 @@ def _hidden(name: str) -> bool:
 def local_files(source: str, recursive: bool = False) -> list[Path]:
     """The data files of a local file, folder or glob (hidden files skipped), as Spark's
     file sources would read them; [] when there are none or ``source`` is not local."""
-    local = _local(source)
+    local = local_path(source)
     if local is None:
         return []
     tops = [Path(p) for p in sorted(glob.glob(local))] if GLOB.search(local) else [Path(local)]
@@ -113,7 +104,7 @@ def table_rows(warehouse_dir: str, table: str, batches: Optional[Iterable[str]] 
     warehouse). ``batches``: only the rows of these partitions of ``batch_column`` (a
     command scoring a day's batch of a large table)."""
     db, _, name = table.rpartition(".")
-    root = _local(warehouse_dir)
+    root = local_path(warehouse_dir)
     if root is None or not name:
         return None
     folder = Path(root, name.lower()) if db in ("", "default") else \

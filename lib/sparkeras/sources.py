@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Optional
 from urllib.parse import unquote
 
 from .errors import InputNotFound
@@ -21,9 +22,30 @@ GLOB = re.compile(r"[*?\[{]")
 
 
 def _normalize(uri: str) -> str:
-    """A file index URI (``file:///a%20b``) in the form of binaryFile's ``path`` column
-    (``file:/a b``): one slash after the scheme, percent-escapes decoded."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*):/+", r"\1:/", unquote(uri))
+    """A file index URI (``file:///a%20b``, ``s3a://bucket/a%20b``) in the form of binaryFile's
+    ``path`` column, Hadoop's ``Path.toString()``: percent-escapes decoded, ``scheme:/path``
+    when there is no authority (local files), ``scheme://authority/path`` when there is one
+    (a bucket, a storage account: kept, or no file would match its listing)."""
+    found = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):(//([^/]*))?(.*)$", uri)
+    if not found:
+        return unquote(uri)
+    scheme, _, authority, path = found.groups()
+    if authority:
+        return f"{scheme}://{authority}{unquote(path)}"
+    return f"{scheme}:/{unquote(path).lstrip('/')}"
+
+
+def local_path(path: str) -> Optional[str]:
+    """``path`` as a path of this machine's file system (``file:`` URIs included), or None
+    when it names another file system (``dbfs:``, ``s3://``, ...)."""
+    if path.startswith("file:"):
+        rest = path[len("file:"):]
+        if rest.startswith("//") and not rest.startswith("///"):
+            return None                   # file://host/...: another machine's
+        return "/" + rest.lstrip("/")
+    if "://" in path or path.startswith("dbfs:"):
+        return None
+    return path
 
 
 def source_root(source: str) -> str:
@@ -33,10 +55,10 @@ def source_root(source: str) -> str:
     if plain != source:
         plain = plain.rsplit("/", 1)[0] if "/" in plain else ""
     plain = plain.rstrip("/")
-    local = Path(plain) if plain and "://" not in plain and not plain.startswith("dbfs:") else None
-    if local is not None and local.exists():
-        local = local.absolute()
-        return str(local if local.is_dir() else local.parent)
+    local = local_path(plain) if plain else None
+    if local is not None and Path(local).exists():
+        folder = Path(local).absolute()
+        return str(folder if folder.is_dir() else folder.parent)
     return plain
 
 

@@ -1,0 +1,36 @@
+"""Where an ingest source's files are, and their paths as Spark's binaryFile source names them
+(no JVM: the path forms of Hadoop's ``Path.toString()``)."""
+from sparkeras.sources import _normalize, local_path, relative_path, source_root
+
+
+def test_file_index_uris_take_the_form_of_the_path_column():
+    # local files: one slash after the scheme, escapes decoded
+    assert _normalize("file:///data/my%20photos/cat.jpg") == "file:/data/my photos/cat.jpg"
+    assert _normalize("file:/data/cat.jpg") == "file:/data/cat.jpg"
+    # a bucket or storage account is the URI's authority: kept (before, s3a://b/x became
+    # s3a:/b/x, which no listed path matched: every file was taken for an empty one)
+    assert _normalize("s3a://bucket/img/a%20b.jpg") == "s3a://bucket/img/a b.jpg"
+    assert _normalize("abfss://c@acct.dfs.core.windows.net/img/x.png") == \
+        "abfss://c@acct.dfs.core.windows.net/img/x.png"
+    assert _normalize("dbfs:/Volumes/main/raw/x.png") == "dbfs:/Volumes/main/raw/x.png"
+
+
+def test_local_paths_include_file_uris(tmp_path):
+    assert local_path(f"file://{tmp_path}") == str(tmp_path)
+    assert local_path(f"file:{tmp_path}") == str(tmp_path)
+    assert local_path(str(tmp_path)) == str(tmp_path)
+    assert local_path("data/export.csv") == "data/export.csv"
+    for remote in ("dbfs:/Volumes/x", "s3://bucket/x", "file://otherhost/x"):
+        assert local_path(remote) is None, remote
+
+
+def test_a_file_uri_source_is_rooted_where_its_path_is(tmp_path):
+    """``--source file:///photos`` names the same folder as ``/photos``: relative paths (and
+    the class folders in them) start there."""
+    (tmp_path / "train" / "cats").mkdir(parents=True)
+    for source in (f"file://{tmp_path}", f"file:{tmp_path}", str(tmp_path),
+                   f"file://{tmp_path}/train/*/*.jpg"):
+        root = source_root(source)
+        assert relative_path(f"file:{tmp_path}/train/cats/1.jpg", root) == (
+            "cats/1.jpg" if "*" in source else "train/cats/1.jpg"), source
+    assert source_root("s3a://bucket/photos/*.jpg") == "s3a://bucket/photos"
