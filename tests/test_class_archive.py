@@ -8,6 +8,16 @@ import pytest
 
 from sparkeras import class_archive
 
+CLASS_PATH_VARIABLES = ("SPARK_CONF_DIR", "HADOOP_CONF_DIR", "YARN_CONF_DIR",
+                        "SPARK_DIST_CLASSPATH")
+
+
+@pytest.fixture(autouse=True)
+def _no_class_path_folders(monkeypatch):
+    """A developer's own Spark or Hadoop configuration folders would rule the archive out."""
+    for name in CLASS_PATH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
 
 def test_the_archive_folder_follows_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -125,48 +135,59 @@ def test_a_command_makes_the_archive_the_next_uses_it_and_a_damaged_one_is_repla
     assert list(archive.iterdir()) == []
 
 
-def test_a_class_path_with_a_folder_of_files_goes_without_the_archive(tmp_path, monkeypatch):
-    """Spark's launcher puts SPARK_CONF_DIR (and HADOOP_CONF_DIR, ...) on the JVM's class
-    path; Java cannot archive classes with a non-empty folder there."""
-    for name in ("SPARK_CONF_DIR", "SPARK_CLASSPATH", "HADOOP_CONF_DIR", "YARN_CONF_DIR",
-                 "SPARK_DIST_CLASSPATH"):
-        monkeypatch.delenv(name, raising=False)
+def test_a_folder_of_files_before_the_jars_rules_the_archive_out(tmp_path, monkeypatch):
+    """Spark's launcher puts SPARK_CONF_DIR (or $SPARK_HOME/conf) and extraClassPath before
+    its jars, HADOOP_CONF_DIR and YARN_CONF_DIR after them; Java cannot archive classes with
+    a non-empty folder before a jar it loads classes from."""
     monkeypatch.setenv("SPARK_HOME", str(tmp_path / "spark"))     # no conf/ folder there
     where = tmp_path / "jvm"
     assert class_archive.class_path_folders() == []
-    conf_dir, empty, jars = tmp_path / "conf", tmp_path / "empty", tmp_path / "jars"
-    for folder in (conf_dir, empty, jars):
+    conf_dir, empty, extra = tmp_path / "conf", tmp_path / "empty", tmp_path / "classes"
+    for folder in (conf_dir, empty, extra):
         folder.mkdir()
     (conf_dir / "spark-defaults.conf").write_text("spark.ui.enabled false\n")
-    (jars / "a.jar").write_bytes(b"PK")
+    (extra / "A.class").write_bytes(b"")
     monkeypatch.setenv("SPARK_CONF_DIR", str(empty))         # an empty folder is no obstacle
-    monkeypatch.setenv("SPARK_DIST_CLASSPATH", f"{jars}/*{os.pathsep}{jars / 'a.jar'}")
     assert class_archive.class_path_folders() == []
     assert class_archive.plan(str(where), create=True) is not None
     class_archive.publish(False)                               # forget the pending dump
-    assert class_archive.class_path_folders(f"{jars}{os.pathsep}{empty}") == [jars]
-    assert class_archive.plan(str(where), create=True, extra_class_path=str(jars)) is None
+    assert class_archive.class_path_folders(f"{extra}{os.pathsep}{empty}") == [extra]
+    assert class_archive.plan(str(where), create=True, extra_class_path=str(extra)) is None
+    # after the jars: no obstacle, unless SPARK_DIST_CLASSPATH adds jars behind it
     monkeypatch.setenv("HADOOP_CONF_DIR", str(conf_dir))
+    assert class_archive.class_path_folders() == []
+    monkeypatch.setenv("SPARK_DIST_CLASSPATH", f"{tmp_path}/hadoop/*")
     assert class_archive.class_path_folders() == [conf_dir]
     assert class_archive.plan(str(where), create=True) is None
+    monkeypatch.delenv("SPARK_DIST_CLASSPATH")
     monkeypatch.delenv("HADOOP_CONF_DIR")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf_dir))
+    assert class_archive.class_path_folders() == [conf_dir]
+    monkeypatch.delenv("SPARK_CONF_DIR")
     (tmp_path / "spark" / "conf").mkdir(parents=True)      # a Spark distribution's templates
     (tmp_path / "spark" / "conf" / "log4j2.properties.template").write_text("")
-    monkeypatch.delenv("SPARK_CONF_DIR")
     assert class_archive.class_path_folders() == [tmp_path / "spark" / "conf"]
     assert list(where.iterdir()) == []
 
 
-@pytest.mark.slow   # one command
-def test_a_command_with_a_spark_conf_dir_reads_it_and_tries_no_archive(tmp_path, monkeypatch):
+@pytest.mark.slow   # two commands, one writing an archive
+def test_configuration_folders_and_the_archive_as_the_jvm_sees_them(tmp_path, monkeypatch):
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
     (conf_dir / "spark-defaults.conf").write_text("spark.sparkeras.probe from-conf-dir\n")
-    monkeypatch.setenv("SPARK_CONF_DIR", str(conf_dir))
     archive = tmp_path / "jvm"
+    # SPARK_CONF_DIR comes before the jars: the command reads it and tries no archive
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf_dir))
     code, out, err = _command(tmp_path, archive, "sql", "SET spark.sparkeras.probe")
     assert code == 0 and "from-conf-dir" in out, err[-3000:]
     # before: every such command said it was saving the classes, and its JVM failed to
     # ("Cannot have non-empty directory in paths") as it exited
     assert "saves the classes" not in err
     assert not archive.exists() or list(archive.iterdir()) == []
+    # HADOOP_CONF_DIR comes after them: the JVM writes its archive all the same
+    monkeypatch.delenv("SPARK_CONF_DIR")
+    monkeypatch.setenv("HADOOP_CONF_DIR", str(conf_dir))
+    code, out, err = _command(tmp_path, archive, "sql", "SELECT 1 AS x")
+    assert code == 0 and "saves the classes" in err, err[-3000:]
+    (made,) = archive.iterdir()
+    assert made.suffix == ".jsa" and made.stat().st_size > 10_000_000

@@ -20,6 +20,7 @@ def test_local_paths_include_file_uris(tmp_path):
     assert local_path(f"file:{tmp_path}") == str(tmp_path)
     assert local_path(str(tmp_path)) == str(tmp_path)
     assert local_path("data/export.csv") == "data/export.csv"
+    assert local_path("file:data/export.csv") == "data/export.csv"     # relative, as Hadoop's
     for remote in ("dbfs:/Volumes/x", "s3://bucket/x", "file://otherhost/x"):
         assert local_path(remote) is None, remote
 
@@ -29,7 +30,7 @@ def test_a_file_uri_source_is_rooted_where_its_path_is(tmp_path):
     the class folders in them) start there."""
     (tmp_path / "train" / "cats").mkdir(parents=True)
     for source in (f"file://{tmp_path}", f"file:{tmp_path}", str(tmp_path),
-                   f"file://{tmp_path}/train/*/*.jpg"):
+                   f"{tmp_path}/train/../", f"file://{tmp_path}/train/*/*.jpg"):
         root = source_root(source)
         assert relative_path(f"file:{tmp_path}/train/cats/1.jpg", root) == (
             "cats/1.jpg" if "*" in source else "train/cats/1.jpg"), source

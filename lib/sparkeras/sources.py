@@ -10,6 +10,7 @@ the file index and reported instead of lost), and each path relative to the sour
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -42,7 +43,7 @@ def local_path(path: str) -> Optional[str]:
         rest = path[len("file:"):]
         if rest.startswith("//") and not rest.startswith("///"):
             return None                   # file://host/...: another machine's
-        return "/" + rest.lstrip("/")
+        return "/" + rest.lstrip("/") if rest.startswith("/") else rest   # file:rel: relative
     if "://" in path or path.startswith("dbfs:"):
         return None
     return path
@@ -57,7 +58,7 @@ def source_root(source: str) -> str:
     plain = plain.rstrip("/")
     local = local_path(plain) if plain else None
     if local is not None and Path(local).exists():
-        folder = Path(local).absolute()
+        folder = Path(os.path.abspath(local))        # ".." resolved, as Hadoop's paths are
         return str(folder if folder.is_dir() else folder.parent)
     return plain
 
