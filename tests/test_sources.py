@@ -35,3 +35,23 @@ def test_a_file_uri_source_is_rooted_where_its_path_is(tmp_path):
         assert relative_path(f"file:{tmp_path}/train/cats/1.jpg", root) == (
             "cats/1.jpg" if "*" in source else "train/cats/1.jpg"), source
     assert source_root("s3a://bucket/photos/*.jpg") == "s3a://bucket/photos"
+
+
+def test_parquet_footers_are_checked_where_this_machine_sees_the_file(tmp_path):
+    """An ingest checks each Parquet file's footer before Spark reads it; a ``dbfs:`` path is
+    looked for at Databricks' local mounts, and one this machine cannot see is left to Spark's
+    reader (before: ``dbfs:/mnt/a.parquet`` was opened as ``/mnt/a.parquet``, not found, and
+    every such file was quarantined as unreadable)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparkeras.readers import _footer_error, local_copy
+    good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"ID": [1, 2]}), good)
+    bad.write_bytes(b"PAR1 not a footer")
+    assert _footer_error(f"file:{good}") is None
+    assert "magic bytes" in _footer_error(f"file://{bad}")
+    assert local_copy(f"file://{bad}") == str(bad)
+    assert local_copy("dbfs:/mnt/sparkeras-test/a.parquet") is None     # no /dbfs mount here
+    assert _footer_error("dbfs:/mnt/sparkeras-test/a.parquet") is None
+    assert _footer_error("dbfs:/Volumes/main/raw/x/a.parquet") is None

@@ -127,13 +127,33 @@ def parquet_footers(spark, paths: Sequence[str]) -> dict:
             listed.mapInPandas(check, "path string, error string").collect()}
 
 
+def local_copy(path: str):
+    """Where this machine sees the file ``path`` names (``file:`` and ``dbfs:`` URIs), or None
+    when it does not: ``dbfs:/Volumes/...`` at ``/Volumes/...``, other ``dbfs:/`` paths at
+    ``/dbfs/...`` (Databricks' local mounts, where a cluster has them)."""
+    import os
+
+    from .sources import local_path
+    if path.startswith("dbfs:/"):
+        inner = "/" + path[len("dbfs:"):].lstrip("/")
+        candidates = [inner, "/dbfs" + inner] if inner.startswith("/Volumes/") else \
+            ["/dbfs" + inner]
+    else:
+        candidates = [local_path(path)] if path.startswith("file:") else []
+    return next((c for c in candidates if c and os.path.exists(c)), None)
+
+
 def _footer_error(path: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    local = re.sub(r"^(file|dbfs):", "", path) if re.match(r"^(file|dbfs):/", path) else None
     try:
-        if local is not None:
-            source = local
+        if re.match(r"^(file|dbfs):", path):
+            # a path this machine cannot see (no /dbfs mount) is not checked here: Spark's
+            # own reader reads it (before: dbfs:/mnt/a.parquet was opened as /mnt/a.parquet,
+            # "not found", and every such file was quarantined as unreadable)
+            source = local_copy(path)
+            if source is None:
+                return None
         else:
             fs, inner = pa.fs.FileSystem.from_uri(path)
             source = fs.open_input_file(inner)
