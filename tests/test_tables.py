@@ -61,3 +61,29 @@ def test_a_view_is_replaced_only_when_its_query_changes(spark):
     assert marked() and spark.table("tb_view").first().n == 2
     create_view(spark, "tb_view", "SELECT SUM(v) AS n FROM tb_viewed")
     assert not marked() and spark.table("tb_view").first().n == 3
+
+
+def test_an_early_lookup_keeps_its_error_for_the_commands_own_lookup(spark, caplog):
+    """``look_up_soon`` starts the metastore while a command reads its input; a name the
+    catalog refuses must not escape its thread (no traceback on stderr): the command's own
+    lookup raises it, as before."""
+    import logging
+    import threading
+
+    from sparkeras.tables import look_up_soon, table_exists
+
+    escaped = []
+    hook, threading.excepthook = threading.excepthook, escaped.append
+    try:
+        with caplog.at_level(logging.DEBUG, logger="sparkeras.tables"):
+            look_up_soon(spark, "no such!table")
+            for thread in threading.enumerate():
+                if thread.name == "sparkeras-metastore":
+                    thread.join(60)
+    finally:
+        threading.excepthook = hook
+    assert escaped == []
+    assert [r.getMessage().split(":")[0] for r in caplog.records
+            if r.name == "sparkeras.tables"] == ["early lookup of no such!table"]
+    with pytest.raises(Exception, match="no such!table|PARSE_SYNTAX_ERROR|Syntax error"):
+        table_exists(spark, "no such!table")

@@ -165,6 +165,7 @@ def ingest(spark, job: IngestJob, source: str, table: str,
 
     from .session import temporary_conf
 
+    tables.look_up_soon(spark, table)     # the metastore starts while the input is read
     files = SourceFiles(spark, source, job.recursive)        # listed once for all below
     batch_id = batch_id or files.batch_id()
     qtable = tables.quarantine_name(table)

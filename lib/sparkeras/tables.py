@@ -6,6 +6,8 @@ batches that now have no rows); Delta tables use ``replaceWhere`` in one transac
 """
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Iterable, Optional
 
 from .errors import DataError
@@ -21,6 +23,21 @@ def quarantine_name(table: str) -> str:
 
 def table_exists(spark, table: str) -> bool:
     return spark.catalog.tableExists(table)
+
+
+def look_up_soon(spark, table: str) -> None:
+    """Start a lookup of ``table`` in a thread and return at once.
+
+    In a new process the first catalog access waits on the metastore's start (~2.5 s for
+    the local Derby metastore, in the JVM); started early, it overlaps what the caller does
+    meanwhile (reading its input) instead of following it. The answer is not kept: later
+    lookups are quick, and raise any error themselves."""
+    def look_up():
+        try:
+            table_exists(spark, table)
+        except Exception as exc:            # noqa: BLE001 - raised again by the next lookup
+            logging.getLogger(__name__).debug(f"early lookup of {table}: {exc}")
+    threading.Thread(target=look_up, name="sparkeras-metastore", daemon=True).start()
 
 
 def sql_literal(value: str) -> str:
