@@ -23,11 +23,16 @@ def timed(df) -> float:
 
 
 def bench_session(*overrides: str):
-    """(config, SparkSession) on a fresh state folder: local[2], 2 shuffle partitions."""
+    """(config, SparkSession) on a fresh state folder: local[2], 2 shuffle partitions.
+
+    The JVM compiles with both compilers (``spark.jit: full``): these benchmarks measure the
+    steady state of a long session, warmed up, as a cluster's JVM runs it. The command's
+    default (``auto``) has no input size here and would choose C1 alone (``quick``), which
+    measured ~0.6x the throughput (docs/performance.md, stop 32)."""
     from sparkeras.config import load_config
     from sparkeras.session import get_spark
     state = tempfile.mkdtemp(prefix="sparkeras-bench-")
-    cfg = load_config(None, [f"state_dir={state}", "spark.master=local[2]",
+    cfg = load_config(None, [f"state_dir={state}", "spark.master=local[2]", "spark.jit=full",
                              "spark.conf={spark.sql.shuffle.partitions: 2}", *overrides])
     return cfg, get_spark(cfg)
 
