@@ -28,7 +28,7 @@ def bench_session(*overrides: str):
     The JVM compiles with both compilers (``spark.jit: full``): these benchmarks measure the
     steady state of a long session, warmed up, as a cluster's JVM runs it. The command's
     default (``auto``) has no input size here and would choose C1 alone (``quick``), which
-    measured ~0.6x the throughput (docs/performance.md, stop 32)."""
+    measured 0.43-0.51x the throughput (docs/performance.md, stop 32)."""
     from sparkeras.config import load_config
     from sparkeras.session import get_spark
     state = tempfile.mkdtemp(prefix="sparkeras-bench-")

@@ -74,6 +74,11 @@ def test_an_early_lookup_keeps_its_error_for_the_commands_own_lookup(spark, capl
 
     escaped = []
     hook, threading.excepthook = threading.excepthook, escaped.append
+    # the handler on the module's logger itself: a command run in-process before this test
+    # (logs.setup) stops sparkeras' records from reaching the root logger, caplog's place
+    logger = logging.getLogger("sparkeras.tables")
+    logger.addHandler(caplog.handler)
+    propagate, logger.propagate = logger.propagate, False      # each record once
     try:
         with caplog.at_level(logging.DEBUG, logger="sparkeras.tables"):
             look_up_soon(spark, "no such!table")
@@ -82,6 +87,8 @@ def test_an_early_lookup_keeps_its_error_for_the_commands_own_lookup(spark, capl
                     thread.join(60)
     finally:
         threading.excepthook = hook
+        logger.removeHandler(caplog.handler)
+        logger.propagate = propagate
     assert escaped == []
     assert [r.getMessage().split(":")[0] for r in caplog.records
             if r.name == "sparkeras.tables"] == ["early lookup of no such!table"]

@@ -7,7 +7,6 @@ batches that now have no rows); Delta tables use ``replaceWhere`` in one transac
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Iterable, Optional
 
 from .errors import DataError
@@ -31,13 +30,22 @@ def look_up_soon(spark, table: str) -> None:
     In a new process the first catalog access waits on the metastore's start (~2.5 s for
     the local Derby metastore, in the JVM); started early, it overlaps what the caller does
     meanwhile (reading its input) instead of following it. The answer is not kept: later
-    lookups are quick, and raise any error themselves."""
+    lookups are quick, and raise any error themselves. PySpark's own thread class: with
+    pinned threads it closes its JVM connection when done (a plain thread's would stay open
+    for the session's life), and it carries the caller's job properties into the thread."""
+    import inspect
+
+    from pyspark import InheritableThread
+
     def look_up():
         try:
             table_exists(spark, table)
         except Exception as exc:            # noqa: BLE001 - raised again by the next lookup
             logging.getLogger(__name__).debug(f"early lookup of {table}: {exc}")
-    threading.Thread(target=look_up, name="sparkeras-metastore", daemon=True).start()
+    # PySpark 4 takes the session (Spark Connect needs it); 3.5's class has no such argument
+    given = {"session": spark} if "session" in inspect.signature(InheritableThread).parameters \
+        else {}
+    InheritableThread(look_up, name="sparkeras-metastore", daemon=True, **given).start()
 
 
 def sql_literal(value: str) -> str:
